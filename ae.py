@@ -1,0 +1,299 @@
+"""Convolutional autoencoder pretraining (DCAE): the first stage of every pipeline.
+
+Ruff et al., "Deep One-Class Classification", ICML 2018 (Deep SVDD), Sec. 4.1 and the LeNet-type
+networks of its reference code. The encoder of this autoencoder becomes the feature map phi of Deep SVDD
+(svdd.py) and of OC-NN (ocnn.py); its reconstruction error is also the DCAE baseline score.
+
+Equations implemented here
+
+    reconstruction loss (per batch):  L = 1/B sum_i ||x_i - x_hat_i||^2          (sum over C, H, W)
+    anomaly score (DCAE baseline):    s(x) = ||x - x_hat||^2        higher = more anomalous
+
+Symbols
+
+    paper             code          shape
+    x                 x             (B, C, H, W)   preprocessed images (data.py)
+    phi(x; W) = z     encoder(x)    (B, rep_dim)   the code; Deep SVDD's output space
+    x_hat             ae(x)         (B, C, H, W)   reconstruction in (0, 1) (sigmoid)
+
+The networks (PAPERS.md section 2), exactly as the reference code:
+  * no bias anywhere: Deep SVDD Prop. 2 (a bias lets phi map every input to c, "hypersphere collapse");
+  * BatchNorm with eps=1e-4 and affine=False (an affine BN would add a bias), running statistics kept;
+  * leaky ReLU with slope 0.01 (the paper's text says 0.1; both reference code bases use 0.01);
+  * 2x2 max pooling in the encoder, nearest-neighbour x2 upsampling in the decoder.
+
+The encoder is a module of its own (`MnistEncoder`, `CifarEncoder`) so that its state dict, BatchNorm
+running statistics included, loads unchanged into the stand-alone phi that Deep SVDD trains.
+
+Deviations from the reference code
+  * The CIFAR-10 autoencoder's BatchNorm1d on the code lives in the autoencoder, not in the encoder:
+    the Deep SVDD network has none, so the encoder's state dict loads into phi with no key to drop.
+  * Batches are index slices of a seeded permutation of an in-memory tensor (no DataLoader).
+
+Read next: rcae.py (the robust variant), then svdd.py or ocnn.py.
+"""
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import data
+
+LRELU_SLOPE = 0.01  # the reference code's slope (PAPERS.md section 8)
+BN_EPS = 1e-4
+
+
+def bn2d(channels):
+    """BatchNorm without affine parameters: no learned shift, hence no bias (Deep SVDD Prop. 2)."""
+    return nn.BatchNorm2d(channels, eps=BN_EPS, affine=False)
+
+
+def lrelu(x):
+    return F.leaky_relu(x, LRELU_SLOPE)
+
+
+def up2(x):
+    """Nearest-neighbour upsampling by 2 in H and W: (B, C, H, W) -> (B, C, 2H, 2W)."""
+    return F.interpolate(x, scale_factor=2, mode="nearest")
+
+
+# ---------------------------------------------------------------------------------------------------
+# MNIST: 1x28x28 -> 32
+# ---------------------------------------------------------------------------------------------------
+
+class MnistEncoder(nn.Module):
+    """phi for MNIST: conv(1->8,5x5) BN lrelu pool -> conv(8->4,5x5) BN lrelu pool -> linear(196->32)."""
+
+    def __init__(self, rep_dim=32):
+        super().__init__()
+        self.rep_dim = rep_dim
+        self.conv1 = nn.Conv2d(1, 8, 5, padding=2, bias=False)
+        self.bn1 = bn2d(8)
+        self.conv2 = nn.Conv2d(8, 4, 5, padding=2, bias=False)
+        self.bn2 = bn2d(4)
+        self.fc = nn.Linear(4 * 7 * 7, rep_dim, bias=False)
+
+    def forward(self, x):                                       # (B, 1, 28, 28)
+        x = F.max_pool2d(lrelu(self.bn1(self.conv1(x))), 2)     # (B, 8, 14, 14)
+        x = F.max_pool2d(lrelu(self.bn2(self.conv2(x))), 2)     # (B, 4, 7, 7)
+        return self.fc(x.flatten(1))                            # (B, rep_dim) = z
+
+
+class MnistDecoder(nn.Module):
+    """The mirror: z as (2,4,4) -> up -> deconv(2->4) -> up -> deconv(4->8) -> up -> deconv(8->1) -> sigmoid."""
+
+    def __init__(self, rep_dim=32):
+        super().__init__()
+        assert rep_dim % 16 == 0, "the decoder views z as (rep_dim/16, 4, 4)"
+        self.deconv1 = nn.ConvTranspose2d(rep_dim // 16, 4, 5, padding=2, bias=False)
+        self.bn1 = bn2d(4)
+        self.deconv2 = nn.ConvTranspose2d(4, 8, 5, padding=3, bias=False)
+        self.bn2 = bn2d(8)
+        self.deconv3 = nn.ConvTranspose2d(8, 1, 5, padding=2, bias=False)
+
+    def forward(self, z):                                       # (B, rep_dim)
+        x = z.view(z.shape[0], -1, 4, 4)                        # (B, 2, 4, 4)
+        x = self.deconv1(up2(lrelu(x)))                         # (B, 4, 8, 8)
+        x = self.deconv2(up2(lrelu(self.bn1(x))))               # (B, 8, 14, 14): padding 3 trims 16 -> 14
+        x = self.deconv3(up2(lrelu(self.bn2(x))))               # (B, 1, 28, 28)
+        return torch.sigmoid(x)
+
+
+# ---------------------------------------------------------------------------------------------------
+# CIFAR-10: 3x32x32 -> 128
+# ---------------------------------------------------------------------------------------------------
+
+class CifarEncoder(nn.Module):
+    """phi for CIFAR-10: three conv(5x5) BN lrelu pool blocks (32, 64, 128 channels) -> linear(2048->128)."""
+
+    def __init__(self, rep_dim=128):
+        super().__init__()
+        self.rep_dim = rep_dim
+        self.conv1 = nn.Conv2d(3, 32, 5, padding=2, bias=False)
+        self.bn1 = bn2d(32)
+        self.conv2 = nn.Conv2d(32, 64, 5, padding=2, bias=False)
+        self.bn2 = bn2d(64)
+        self.conv3 = nn.Conv2d(64, 128, 5, padding=2, bias=False)
+        self.bn3 = bn2d(128)
+        self.fc = nn.Linear(128 * 4 * 4, rep_dim, bias=False)
+
+    def forward(self, x):                                       # (B, 3, 32, 32)
+        x = F.max_pool2d(lrelu(self.bn1(self.conv1(x))), 2)     # (B, 32, 16, 16)
+        x = F.max_pool2d(lrelu(self.bn2(self.conv2(x))), 2)     # (B, 64, 8, 8)
+        x = F.max_pool2d(lrelu(self.bn3(self.conv3(x))), 2)     # (B, 128, 4, 4)
+        return self.fc(x.flatten(1))                            # (B, rep_dim) = z
+
+
+class CifarDecoder(nn.Module):
+    """z as (8,4,4) -> deconv(8->128) -> up -> deconv(128->64) -> up -> deconv(64->32) -> up -> deconv(32->3)."""
+
+    def __init__(self, rep_dim=128):
+        super().__init__()
+        assert rep_dim % 16 == 0, "the decoder views z as (rep_dim/16, 4, 4)"
+        self.deconv1 = nn.ConvTranspose2d(rep_dim // 16, 128, 5, padding=2, bias=False)
+        self.bn1 = bn2d(128)
+        self.deconv2 = nn.ConvTranspose2d(128, 64, 5, padding=2, bias=False)
+        self.bn2 = bn2d(64)
+        self.deconv3 = nn.ConvTranspose2d(64, 32, 5, padding=2, bias=False)
+        self.bn3 = bn2d(32)
+        self.deconv4 = nn.ConvTranspose2d(32, 3, 5, padding=2, bias=False)
+
+    def forward(self, z):                                       # (B, rep_dim)
+        x = lrelu(z.view(z.shape[0], -1, 4, 4))                 # (B, 8, 4, 4)
+        x = up2(lrelu(self.bn1(self.deconv1(x))))               # (B, 128, 8, 8)
+        x = up2(lrelu(self.bn2(self.deconv2(x))))               # (B, 64, 16, 16)
+        x = up2(lrelu(self.bn3(self.deconv3(x))))               # (B, 32, 32, 32)
+        return torch.sigmoid(self.deconv4(x))                   # (B, 3, 32, 32)
+
+
+class Autoencoder(nn.Module):
+    """encoder (phi) -> [BatchNorm1d on the code, CIFAR-10 only] -> decoder."""
+
+    def __init__(self, encoder, decoder, code_bn=False):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        rep_dim = encoder.rep_dim
+        # The CIFAR-10 reference AE normalises the code; Deep SVDD's phi does not (PAPERS.md section 2).
+        self.code_bn = nn.BatchNorm1d(rep_dim, eps=BN_EPS, affine=False) if code_bn else nn.Identity()
+
+    def forward(self, x):
+        return self.decoder(self.code_bn(self.encoder(x)))
+
+
+def build_encoder(dataset, rep_dim=None):
+    """The stand-alone phi for `dataset` ('mnist' or 'cifar10'); rep_dim defaults to 32 / 128."""
+    if dataset == "mnist":
+        return MnistEncoder(rep_dim or 32)
+    if dataset == "cifar10":
+        return CifarEncoder(rep_dim or 128)
+    raise ValueError(f"unknown dataset {dataset!r}: expected 'mnist' or 'cifar10'")
+
+
+def build_autoencoder(dataset, rep_dim=None):
+    """The LeNet-type autoencoder of Deep SVDD's reference code for `dataset`."""
+    encoder = build_encoder(dataset, rep_dim)
+    if dataset == "mnist":
+        return Autoencoder(encoder, MnistDecoder(encoder.rep_dim))
+    ae = Autoencoder(encoder, CifarDecoder(encoder.rep_dim), code_bn=True)
+    # The CIFAR-10 reference initialises every (de)convolution Xavier-uniform with the leaky-ReLU gain.
+    gain = nn.init.calculate_gain("leaky_relu")
+    for m in ae.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.xavier_uniform_(m.weight, gain=gain)
+    return ae
+
+
+def encoder_copy(ae):
+    """A stand-alone phi holding the autoencoder's encoder weights and BatchNorm running statistics.
+
+    Deep SVDD and OC-NN start from the pretrained encoder; they train this copy, never the AE itself.
+    """
+    phi = type(ae.encoder)(ae.encoder.rep_dim).to(next(ae.parameters()).device)
+    phi.load_state_dict(ae.encoder.state_dict())
+    return phi
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shared by every training loop (ae.py, rcae.py, svdd.py, ocnn.py)
+# ---------------------------------------------------------------------------------------------------
+
+class NonFiniteLoss(RuntimeError):
+    """A loss became NaN or infinite: training stops and says where."""
+
+
+def check_finite(loss, stage, epoch):
+    if not math.isfinite(loss):
+        raise NonFiniteLoss(f"{stage}: the loss became {loss} at epoch {epoch}; "
+                            f"try a smaller learning rate or check the input data")
+    return loss
+
+
+def adam_with_milestones(params, lr, weight_decay, milestones):
+    """Adam + MultiStepLR(gamma=0.1), stepped once per epoch, as in the reference code."""
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(milestones), gamma=0.1)
+    return optimizer, scheduler
+
+
+def print_epoch(stage, record, epochs):
+    """One progress line: epoch, loss, the stage's own quantities, lr, seconds."""
+    extra = "".join(f"  {k} {v:.4g}" for k, v in record.items()
+                    if k not in ("epoch", "loss", "lr", "seconds") and isinstance(v, (int, float)))
+    print(f"[{stage}] epoch {record['epoch']:>3}/{epochs}  loss {record['loss']:.6g}{extra}"
+          f"  lr {record['lr']:.1e}  {record['seconds']:.2f}s", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training and scoring
+# ---------------------------------------------------------------------------------------------------
+
+def reconstruction_error(x_hat, x):
+    """Per-sample squared error ||x - x_hat||^2 summed over C, H, W: (B, C, H, W) -> (B,)."""
+    return ((x_hat - x) ** 2).flatten(1).sum(dim=1)
+
+
+def train_epoch(ae, x, target, optimizer, generator, batch_size):
+    """One pass over the data: minimise 1/B sum_i ||target_i - ae(x_i)||^2 per batch; returns the mean loss.
+
+    Each batch is an index slice of a permutation drawn from `generator` (data.batches).
+    """
+    ae.train()
+    total = 0.0
+    for idx in data.batches(len(x), batch_size, generator):
+        idx = idx.to(x.device)
+        x_hat = ae(x[idx])                                              # (B, C, H, W)
+        loss = reconstruction_error(x_hat, target[idx]).mean()          # 1/B sum_i ||target_i - x_hat_i||^2
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(idx)
+    return total / len(x)
+
+
+def train_autoencoder(ae, x, *, epochs=150, lr=1e-4, weight_decay=0.5e-3, milestones=(50,),
+                      batch_size=200, seed=0, verbose=True, stage="pretrain ae"):
+    """Train `ae` to reconstruct `x`; returns the per-epoch history [{epoch, loss, lr, seconds}, ...].
+
+    L = 1/B sum_i ||x_i - ae(x_i)||^2, minimised by Adam with weight decay (PyTorch's weight_decay is
+    half the paper's lambda), the lr multiplied by 0.1 after each milestone epoch (reference schedule,
+    PAPERS.md section 3). `x` stays on its device; batches are index slices of a seeded permutation.
+    """
+    ae.to(x.device)
+    optimizer, scheduler = adam_with_milestones(ae.parameters(), lr, weight_decay, milestones)
+    generator = torch.Generator().manual_seed(seed)
+    history = []
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        loss = train_epoch(ae, x, x, optimizer, generator, batch_size)
+        record = {"epoch": epoch, "loss": check_finite(loss, stage, epoch),
+                  "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
+        scheduler.step()
+        history.append(record)
+        if verbose:
+            print_epoch(stage, record, epochs)
+    return history
+
+
+@torch.no_grad()
+def reconstruct(ae, x, batch_size=2048):
+    """ae(x) in eval mode (BN uses its running statistics), in large no-grad batches."""
+    ae.eval()
+    return torch.cat([ae(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
+def reconstruction_scores(ae, x, batch_size=2048):
+    """DCAE anomaly score s(x) = ||x - ae(x)||^2 per image, (N,); higher = more anomalous."""
+    ae.eval()
+    return torch.cat([reconstruction_error(ae(x[i:i + batch_size]), x[i:i + batch_size])
+                      for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
+def encode(phi, x, batch_size=2048):
+    """phi(x) for a whole data set in eval mode (BN running statistics), in large no-grad batches: (N, D)."""
+    phi.eval()
+    return torch.cat([phi(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])

@@ -1,0 +1,145 @@
+"""OC-NN: a one-class SVM's hyperplane objective, written for a neural network head on the encoder.
+
+Chalapathy, Menon, Chawla, "Anomaly Detection using One-Class Neural Networks", arXiv:1802.06360
+(PAPERS.md section 5). The one-class SVM separates the data from the origin with a hyperplane at
+offset r; OC-NN puts that objective on top of a pretrained encoder (ae.py), with one hidden layer V.
+
+Equations
+
+    network:    y_hat(x) = < w, g(V z) >,   z = phi(x)        (no bias terms anywhere)
+    objective:  min_{w,V,r}  1/2 ||w||_2^2 + 1/2 ||V||_F^2 + 1/nu * 1/N sum_n max(0, r - y_hat_n) - r
+    r-step:     r <- the nu-quantile of {y_hat_n} over the training set (the paper's Theorem: then a
+                fraction nu of the training points lie below r); r starts at the nu-quantile of the
+                initial outputs and is updated after every epoch of gradient steps on w, V (and phi).
+    decision:   y_hat(x) - r >= 0 means normal
+    score:      s(x) = r - y_hat(x)      higher = more anomalous; AUROC always from this continuous
+                score, never from its sign.
+
+Symbols
+
+    paper    code              shape
+    z        z = encoder(x)    (B, D)       D = rep_dim
+    V        head.V.weight     (h, D)       h = hidden (32)
+    g        head.g            elementwise: linear (default, best in the paper), sigmoid, relu, tanh
+    w        head.w.weight     (1, h)
+    r        r                 scalar       the hyperplane's offset
+    nu       nu                scalar       in (0, 1]: the fraction of training points below r
+
+Two regimes
+  * z-only: the encoder is frozen; z = phi(x) is computed once in eval mode, only w and V learn.
+  * joint: the encoder trains too, at its own (small) learning rate and weight decay; the paper does not
+    freeze it. The regulariser 1/2 ||w||^2 + 1/2 ||V||^2 covers the head only.
+
+Deviations and pitfalls avoided
+  * The authors' public code scores a hypersphere distance, not this objective, and an earlier version
+    of the paper computed AUROC from sign-binarised scores; here the objective above and the continuous
+    score r - y_hat.
+  * r is the exact nu-quantile in the sense of `update_r`'s docstring; one lr schedule (x0.1 at
+    `lr_drop_epoch`) applies to the head and, in joint mode, to the encoder.
+
+Read next: run.py, which compares this with svdd.py on the same pretrained encoder.
+"""
+import math
+import time
+
+import torch
+import torch.nn as nn
+
+import ae as ae_lib
+import data
+
+ACTIVATIONS = {"linear": nn.Identity, "sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+class OCNN(nn.Module):
+    """The head: y_hat = <w, g(V z)>, no bias terms."""
+
+    def __init__(self, rep_dim, hidden=32, activation="linear"):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown OC-NN activation {activation!r}: one of {sorted(ACTIVATIONS)}")
+        self.V = nn.Linear(rep_dim, hidden, bias=False)
+        self.g = ACTIVATIONS[activation]()
+        self.w = nn.Linear(hidden, 1, bias=False)
+
+    def forward(self, z):                                             # (B, D)
+        return self.w(self.g(self.V(z))).squeeze(1)                   # (B,)  y_hat
+
+
+def ocnn_loss(y_hat, r, head, nu):
+    """1/2 ||w||^2 + 1/2 ||V||_F^2 + 1/nu * mean(max(0, r - y_hat)) - r   (squared norms)."""
+    reg_w = 0.5 * head.w.weight.pow(2).sum()                          # 1/2 ||w||_2^2
+    reg_V = 0.5 * head.V.weight.pow(2).sum()                          # 1/2 ||V||_F^2
+    hinge = torch.clamp(r - y_hat, min=0).mean() / nu                 # 1/nu * 1/N sum max(0, r - y_hat)
+    return reg_w + reg_V + hinge - r                                  # - r: push the hyperplane out
+
+
+def update_r(y_hat, nu):
+    """r = the nu-quantile of y_hat, chosen so that nu is attained exactly on these outputs.
+
+    With k = ceil(nu N) and y_(1) <= ... <= y_(N), r = y_(k): at most k - 1 < nu N outputs lie strictly
+    below r, and at least k >= nu N lie on or below it.
+    """
+    n = y_hat.numel()
+    k = max(1, math.ceil(nu * n - 1e-9))                              # guard 0.1 * 6000 = 600.0000001
+    return torch.kthvalue(y_hat.flatten().cpu(), k).values.item()
+
+
+@torch.no_grad()
+def head_outputs(encoder, head, x=None, z=None, batch_size=2048):
+    """y_hat for a whole data set in eval mode, from images x (through the encoder) or from codes z."""
+    head.eval()
+    z = ae_lib.encode(encoder, x, batch_size) if z is None else z     # (N, D)
+    return head(z)                                                    # (N,)
+
+
+def train_ocnn(encoder, x, *, joint=False, nu=0.01, epochs=250, lr=1e-4, lr_drop_epoch=100,
+               encoder_lr=1e-5, encoder_weight_decay=1e-5, hidden=32, activation="linear",
+               batch_size=200, seed=0, verbose=True):
+    """Train the OC-NN head (and, if `joint`, the encoder, in place) on the objective above.
+
+    Returns (head, r, history); history per epoch: loss, r, frac_below (fraction of training outputs
+    strictly below r after the r-step; at most nu by construction), lr, seconds. In z-only mode the
+    encoder is left untouched (eval mode, no gradient, no BatchNorm statistics update).
+    """
+    stage = "ocnn joint" if joint else "ocnn z-only"
+    encoder.to(x.device)
+    head = OCNN(encoder.rep_dim, hidden, activation).to(x.device)
+    z_all = None if joint else ae_lib.encode(encoder, x)               # z-only: z computed once, (n, D)
+    groups = [{"params": head.parameters(), "lr": lr, "weight_decay": 0.0}]  # ||w||, ||V|| are in the loss
+    if joint:
+        groups.append({"params": encoder.parameters(), "lr": encoder_lr,
+                       "weight_decay": encoder_weight_decay})
+    optimizer = torch.optim.Adam(groups)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[lr_drop_epoch], gamma=0.1)
+    r = update_r(head_outputs(encoder, head, x, z_all), nu)            # r from the initial outputs
+    generator = torch.Generator().manual_seed(seed)
+    history = []
+    for epoch in range(1, epochs + 1):
+        start, total = time.perf_counter(), 0.0
+        head.train()
+        if joint:
+            encoder.train()
+        for idx in data.batches(len(x), batch_size, generator):
+            idx = idx.to(x.device)
+            z = encoder(x[idx]) if joint else z_all[idx]               # (B, D)
+            loss = ocnn_loss(head(z), r, head, nu)                     # (a) gradient step, r fixed
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+        y_hat = head_outputs(encoder, head, x, z_all)                  # (n,) eval mode
+        r = update_r(y_hat, nu)                                        # (b) r-step: nu-quantile
+        record = {"epoch": epoch, "loss": ae_lib.check_finite(total / len(x), stage, epoch), "r": r,
+                  "frac_below": (y_hat < r).float().mean().item(), "lr": optimizer.param_groups[0]["lr"],
+                  "seconds": time.perf_counter() - start}
+        scheduler.step()
+        history.append(record)
+        if verbose:
+            ae_lib.print_epoch(stage, record, epochs)
+    return head, r, history
+
+
+def ocnn_scores(encoder, head, r, x, batch_size=2048):
+    """s(x) = r - y_hat(x), (N,); higher = more anomalous."""
+    return r - head_outputs(encoder, head, x, batch_size=batch_size)
