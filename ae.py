@@ -166,24 +166,33 @@ class Autoencoder(nn.Module):
 def build_encoder(dataset, rep_dim=None):
     """The stand-alone phi for `dataset` ('mnist' or 'cifar10'); rep_dim defaults to 32 / 128."""
     if dataset == "mnist":
-        return MnistEncoder(rep_dim or 32)
+        return fast_layout(MnistEncoder(rep_dim or 32))
     if dataset == "cifar10":
-        return CifarEncoder(rep_dim or 128)
+        return fast_layout(CifarEncoder(rep_dim or 128))
     raise ValueError(f"unknown dataset {dataset!r}: expected 'mnist' or 'cifar10'")
+
+
+def fast_layout(model):
+    """Store the conv weights channels-last (N, H, W, C in memory): the same numbers, a faster layout.
+
+    oneDNN's convolutions then skip a layout conversion on every call; measured on 2 CPU cores
+    (bench.py) this makes an MNIST autoencoder epoch about 1.3x and test scoring about 2.5x faster.
+    """
+    return model.to(memory_format=torch.channels_last)
 
 
 def build_autoencoder(dataset, rep_dim=None):
     """The LeNet-type autoencoder of Deep SVDD's reference code for `dataset`."""
     encoder = build_encoder(dataset, rep_dim)
     if dataset == "mnist":
-        return Autoencoder(encoder, MnistDecoder(encoder.rep_dim))
+        return fast_layout(Autoencoder(encoder, MnistDecoder(encoder.rep_dim)))
     ae = Autoencoder(encoder, CifarDecoder(encoder.rep_dim), code_bn=True)
     # The CIFAR-10 reference initialises every (de)convolution Xavier-uniform with the leaky-ReLU gain.
     gain = nn.init.calculate_gain("leaky_relu")
     for m in ae.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.xavier_uniform_(m.weight, gain=gain)
-    return ae
+    return fast_layout(ae)
 
 
 def encoder_copy(ae):
@@ -191,7 +200,7 @@ def encoder_copy(ae):
 
     Deep SVDD and OC-NN start from the pretrained encoder; they train this copy, never the AE itself.
     """
-    phi = type(ae.encoder)(ae.encoder.rep_dim).to(next(ae.parameters()).device)
+    phi = fast_layout(type(ae.encoder)(ae.encoder.rep_dim)).to(next(ae.parameters()).device)
     phi.load_state_dict(ae.encoder.state_dict())
     return phi
 
@@ -278,14 +287,14 @@ def train_autoencoder(ae, x, *, epochs=150, lr=1e-4, weight_decay=0.5e-3, milest
 
 
 @torch.no_grad()
-def reconstruct(ae, x, batch_size=2048):
+def reconstruct(ae, x, batch_size=500):
     """ae(x) in eval mode (BN uses its running statistics), in large no-grad batches."""
     ae.eval()
     return torch.cat([ae(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 @torch.no_grad()
-def reconstruction_scores(ae, x, batch_size=2048):
+def reconstruction_scores(ae, x, batch_size=500):
     """DCAE anomaly score s(x) = ||x - ae(x)||^2 per image, (N,); higher = more anomalous."""
     ae.eval()
     return torch.cat([reconstruction_error(ae(x[i:i + batch_size]), x[i:i + batch_size])
@@ -293,7 +302,7 @@ def reconstruction_scores(ae, x, batch_size=2048):
 
 
 @torch.no_grad()
-def encode(phi, x, batch_size=2048):
+def encode(phi, x, batch_size=500):
     """phi(x) for a whole data set in eval mode (BN running statistics), in large no-grad batches: (N, D)."""
     phi.eval()
     return torch.cat([phi(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])

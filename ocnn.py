@@ -86,7 +86,7 @@ def update_r(y_hat, nu):
 
 
 @torch.no_grad()
-def head_outputs(encoder, head, x=None, z=None, batch_size=2048):
+def head_outputs(encoder, head, x=None, z=None, batch_size=500):
     """y_hat for a whole data set in eval mode, from images x (through the encoder) or from codes z."""
     head.eval()
     z = ae_lib.encode(encoder, x, batch_size) if z is None else z     # (N, D)
@@ -140,6 +140,6 @@ def train_ocnn(encoder, x, *, joint=False, nu=0.01, epochs=250, lr=1e-4, lr_drop
     return head, r, history
 
 
-def ocnn_scores(encoder, head, r, x, batch_size=2048):
+def ocnn_scores(encoder, head, r, x, batch_size=500):
     """s(x) = r - y_hat(x), (N,); higher = more anomalous."""
     return r - head_outputs(encoder, head, x, batch_size=batch_size)

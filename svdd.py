@@ -48,7 +48,7 @@ import data
 
 
 @torch.no_grad()
-def init_center(phi, x, eps=0.1, batch_size=2048):
+def init_center(phi, x, eps=0.1, batch_size=500):
     """c = mean_i phi(x_i) over the training set (eval mode); every |c_j| < eps is pushed to +-eps.
 
     A coordinate near zero is matched trivially by zero weights into that unit, so it is pushed away
@@ -136,6 +136,6 @@ def train_svdd(phi, x, *, objective="one-class", nu=0.1, epochs=150, lr=1e-4, we
     return c, R, history
 
 
-def svdd_scores(phi, c, x, R=0.0, batch_size=2048):
+def svdd_scores(phi, c, x, R=0.0, batch_size=500):
     """Eq. (5): s(x) = ||phi(x) - c||^2 - R^2 (R = 0 for one-class), (N,); higher = more anomalous."""
     return sq_dist(ae_lib.encode(phi, x, batch_size), c) - R ** 2

@@ -1,0 +1,401 @@
+"""Real data in, one-class tensors out: MNIST and CIFAR-10 under Deep SVDD's protocol.
+
+Ruff et al., *Deep One-Class Classification*, ICML 2018, Sec. 4.2 (the protocol that OC-NN and RCAE
+reuse). One experiment per normal class k in 0..9:
+
+- train: every official training image of class k (MNIST about 6,000, CIFAR-10 5,000). With a pollution
+  rate p > 0 we add k_p = round(p * n / (1 - p)) training images of the other classes, drawn uniformly
+  without replacement with `numpy.random.default_rng(seed)`, so that they make a fraction p of the train
+  set. Order: the normal images, then the injected anomalies, each in official-index order;
+  `train_index` and `polluted` say which is which (training draws batches by `randperm`, so order is moot).
+- test: the whole official test set (10,000 images); y = 1 for any other class (anomaly), 0 for class k.
+- preprocessing, per image over all C*H*W values:
+      x <- x / 255                                     pixels in [0, 1]
+      x <- (x - mean(x)) / mean(|x - mean(x)|)         global contrast normalisation, l1 scale (gcn_l1)
+      x <- (x - lo) / (hi - lo)                        min-max, lo/hi = min/max over ALL train pixels
+  lo and hi come from the (possibly polluted) training set -- a learner cannot tell which images are
+  anomalies -- and the same two constants scale the test set, so test anomalies may leave [0, 1].
+  GCN and the constants are computed in float64, then the tensors are cast to float32: float64 reproduces
+  the reference code's hard-coded constants (MNIST class 1: hi = 20.108062262467364) to 1e-15, float32
+  misses hi by 5e-6.
+
+Image layout. The loaders return the files' bytes as numpy uint8, channel axis first where there is one:
+MNIST (N, 28, 28) (really (N, rows, cols) from the IDX header), CIFAR-10 (N, 3, 32, 32); labels int64 (N,).
+`one_class_split` returns torch float32 (N, C, H, W) for both (MNIST gets C = 1) on the requested device.
+
+On disk (`root` defaults to the project's data/):
+    <root>/mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]    IDX files, .gz preferred if both
+    <root>/cifar10/cifar-10-batches-py/{data_batch_1..5,test_batch}   official pickles, or else
+    <root>/cifar10/cifar-10-batches-bin/{data_batch_1..5,test_batch}.bin   records: 1 label + 3072 pixels
+`load_mnist` reads any IDX data (Fashion-MNIST too). Pickles go through a restricted unpickler that
+admits only the numpy names an array needs, so a tampered batch file cannot run code. `download(name,
+root)` fetches the official archives over urllib, checks their MD5, and renames only whole, verified
+files into place. Every problem a user can cause ends in `DataError`, one sentence saying what to do.
+
+Read next: ae.py (the autoencoders that are pretrained on `x_train`).
+"""
+import dataclasses
+import functools
+import gzip
+import hashlib
+import http.client
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+import zlib
+
+import numpy as np
+import torch
+
+MNIST_MIRRORS = ['https://ossci-datasets.s3.amazonaws.com/mnist/', 'http://yann.lecun.com/exdb/mnist/',
+                 'https://storage.googleapis.com/cvdf-datasets/mnist/']
+MNIST_FILES = {'train-images-idx3-ubyte.gz': 'f68b3c2dcbeaaa9fbdd348bbdeb94873',  # published MD5 sums
+               'train-labels-idx1-ubyte.gz': 'd53e105ee54ea40749a09fcbcd1e9432',
+               't10k-images-idx3-ubyte.gz': '9fb629c4189551a2d022fa330f9573f3',
+               't10k-labels-idx1-ubyte.gz': 'ec29112dd5afa0611ce80d1b7f02629c'}
+CIFAR_MIRRORS = ['https://www.cs.toronto.edu/~kriz/']
+CIFAR_FILES = {'cifar-10-python.tar.gz': 'c58f30108f718f92721af3b95e74349a'}
+CIFAR_BATCHES = {True: [f'data_batch_{i}' for i in range(1, 6)], False: ['test_batch']}
+
+
+class DataError(Exception):
+    """Missing, corrupt or unverifiable data; the message says what to do."""
+
+
+class MissingData(DataError):
+    """The data set's files are not on disk (run.py then calls `download`)."""
+
+
+# ---------------------------------------------------------------- MNIST (IDX files)
+
+def _file_key(path):
+    """(path, size, mtime): the cache key, so a file replaced on disk is read again."""
+    st = os.stat(path)
+    return os.path.abspath(path), st.st_size, st.st_mtime_ns
+
+
+def _read_idx(path, magic):
+    """One IDX file -> uint8 array shaped as its header says (the format: yann.lecun.com/exdb/mnist)."""
+    try:
+        with (gzip.open(path, 'rb') if path.endswith('.gz') else open(path, 'rb')) as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a cut stream an EOFError
+        raise DataError(f'{path} is not a readable (gzip) file ({e}); download it again.') from None
+    if len(raw) < 4 or int.from_bytes(raw[:4], 'big') != magic:  # 2051 = 0x0803: uint8, 3 dims
+        raise DataError(f'{path} does not start with the IDX magic number {magic}; it is not an IDX '
+                        f'{"image" if magic == 2051 else "label"} file.')
+    ndim = magic & 0xFF  # the last magic byte counts the dimensions
+    header = 4 + 4 * ndim  # magic, then one big-endian int32 per dimension
+    if len(raw) < header:
+        raise DataError(f'{path} is truncated inside its header; download it again.')
+    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim)]
+    expected = header + int(np.prod(dims))
+    if len(raw) != expected:
+        raise DataError(f'{path} holds {len(raw)} bytes but its header {dims} announces {expected} '
+                        f'(truncated or corrupt); download it again.')
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+
+
+@functools.lru_cache(maxsize=4)
+def _mnist_cached(images_key, labels_key):  # keyed by (path, size, mtime): a replaced file is re-read
+    x = _read_idx(images_key[0], 2051)  # (N, rows, cols)
+    y = _read_idx(labels_key[0], 2049).astype(np.int64)  # (N,)
+    if len(x) != len(y):
+        raise DataError(f'{images_key[0]} holds {len(x)} images but {labels_key[0]} holds {len(y)} '
+                        f'labels; the two files do not belong together.')
+    x.setflags(write=False)  # shared by every caller in this process: read-only
+    y.setflags(write=False)
+    return x, y
+
+
+def _mnist_arrays(root, train):
+    """Find the two files (gzipped preferred) and read them once per process."""
+    folder = os.path.join(root, 'mnist')
+    prefix = 'train' if train else 't10k'
+    paths, missing = [], []
+    for stem in (f'{prefix}-images-idx3-ubyte', f'{prefix}-labels-idx1-ubyte'):
+        found = [p for p in (os.path.join(folder, stem + '.gz'), os.path.join(folder, stem))
+                 if os.path.isfile(p)]
+        paths += found[:1]
+        missing += [] if found else [stem + '.gz']
+    if missing:
+        raise MissingData(f'MNIST files missing: put {", ".join(missing)} (gzipped or raw) in {folder}/, '
+                        f'or run data.download("mnist", {root!r}) to fetch them.')
+    return _mnist_cached(*map(_file_key, paths))
+
+
+def load_mnist(root, train=True):
+    """IDX images and labels under <root>/mnist/ -> uint8 (N, rows, cols), int64 (N,). Fresh copies."""
+    x, y = _mnist_arrays(root, train)
+    return x.copy(), y.copy()
+
+
+# ---------------------------------------------------------------- CIFAR-10 (pickles or binary records)
+
+try:  # numpy's array rebuilder lives in numpy._core under NumPy 2, numpy.core under NumPy 1
+    from numpy._core.multiarray import _reconstruct as _np_reconstruct
+except ImportError:
+    from numpy.core.multiarray import _reconstruct as _np_reconstruct
+_PICKLE_ALLOWED = {('numpy.core.multiarray', '_reconstruct'): _np_reconstruct,  # official files (NumPy 1)
+                   ('numpy._core.multiarray', '_reconstruct'): _np_reconstruct,  # written under NumPy 2
+                   ('numpy', 'ndarray'): np.ndarray, ('numpy', 'dtype'): np.dtype}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only the four names a pickled ndarray needs; all else is refused."""
+
+    def __init__(self, file, path):
+        super().__init__(file, encoding='bytes')  # Python 2 str (the official files) -> bytes
+        self.path = path
+
+    def find_class(self, module, name):  # every global a pickle names passes here, before any call
+        if (module, name) in _PICKLE_ALLOWED:
+            return _PICKLE_ALLOWED[(module, name)]
+        raise DataError(f'refusing to unpickle {module}.{name} from {self.path}: a CIFAR-10 batch holds '
+                        f'only numpy arrays and lists, so this file is not one (tampered?).')
+
+
+def _read_cifar_pickle(path):
+    """One official batch: a dict with b'data' uint8 (N, 3072) and b'labels' (N ints)."""
+    try:
+        with open(path, 'rb') as f:
+            batch = _NumpyOnlyUnpickler(f, path).load()
+    except DataError:
+        raise
+    except Exception as e:  # any other failure of a malformed stream: UnpicklingError, EOFError, ...
+        raise DataError(f'{path} is not a readable CIFAR-10 pickle ({e!r}); download it again.') from None
+    x = batch.get(b'data') if isinstance(batch, dict) else None
+    y = np.asarray(batch.get(b'labels', []) if isinstance(batch, dict) else [])
+    if not (isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 2 and x.shape[1] == 3072
+            and y.shape == (len(x),) and y.dtype.kind in 'iu'):  # labels: N integers
+        raise DataError(f'{path} is not a CIFAR-10 batch: expected b"data" uint8 (N, 3072) and N b"labels".')
+    return x.reshape(-1, 3, 32, 32), y.astype(np.int64)  # rows are R plane, G plane, B plane
+
+
+def _read_cifar_bin(path):
+    """One binary batch: records of 1 label byte and 3072 pixel bytes (R, G, B planes, row-major)."""
+    raw = np.fromfile(path, np.uint8)
+    if raw.size == 0 or raw.size % 3073:
+        raise DataError(f'{path} holds {raw.size} bytes, not a whole number of 3073-byte records '
+                        f'(1 label + 3072 pixels); download it again.')
+    records = raw.reshape(-1, 3073)  # (N, 1 + 3 * 32 * 32)
+    return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].astype(np.int64)
+
+
+@functools.lru_cache(maxsize=4)
+def _cifar_cached(keys, binary):  # keys: _file_key of each batch file, in batch order
+    parts = [(_read_cifar_bin if binary else _read_cifar_pickle)(key[0]) for key in keys]
+    x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    if y.size and (y.min() < 0 or y.max() > 9):
+        raise DataError(f'labels outside 0..9 in {os.path.dirname(keys[0][0])}; the files are corrupt.')
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
+
+
+def _cifar_arrays(root, train):
+    """Official pickles if their folder exists, else the binary records; read once per process."""
+    folder = os.path.join(root, 'cifar10', 'cifar-10-batches-py')
+    binary = not os.path.isdir(folder)
+    if binary:
+        folder = os.path.join(root, 'cifar10', 'cifar-10-batches-bin')
+    names = [n + '.bin' if binary else n for n in CIFAR_BATCHES[train]]
+    missing = [n for n in names if not os.path.isfile(os.path.join(folder, n))]
+    if missing:
+        raise MissingData(f'CIFAR-10 files missing: put {", ".join(missing)} in {folder}/ (extract the '
+                        f'official archive into {os.path.join(root, "cifar10")}/), or run '
+                        f'data.download("cifar10", {root!r}).')
+    return _cifar_cached(tuple(_file_key(os.path.join(folder, n)) for n in names), binary)
+
+
+def load_cifar10(root, train=True):
+    """CIFAR-10 batches under <root>/cifar10/ -> uint8 (N, 3, 32, 32), int64 (N,). Fresh copies."""
+    x, y = _cifar_arrays(root, train)
+    return x.copy(), y.copy()
+
+
+# ---------------------------------------------------------------- download
+
+def _md5(path):
+    h = hashlib.md5()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fetch(url, dest, md5, timeout):
+    """Download url to dest via dest.part; rename only a whole file with the right MD5. None or a reason."""
+    part = dest + '.part'
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, 'wb') as f:
+            announced = response.headers.get('Content-Length')
+            h, n = hashlib.md5(), 0
+            for chunk in iter(lambda: response.read(1 << 16), b''):
+                f.write(chunk)
+                h.update(chunk)
+                n += len(chunk)
+        if announced is not None and n != int(announced):  # read(amt) ends quietly on a cut connection
+            return f'{url}: got {n} of {announced} bytes'
+        if h.hexdigest() != md5:
+            return f'{url}: MD5 {h.hexdigest()} is not the published {md5}'
+        os.replace(part, dest)  # atomic: dest is either absent or whole and verified
+        return None
+    except (OSError, http.client.HTTPException, ValueError) as e:  # URLError, timeouts, IncompleteRead
+        return f'{url}: {e}'
+    finally:
+        if os.path.exists(part):
+            os.remove(part)
+
+
+def _fetch_all(files, folder, mirrors, timeout):
+    """Fetch each {name: md5} not already present and verified; DataError naming what is still missing."""
+    os.makedirs(folder, exist_ok=True)
+    failed, reasons = [], []
+    for name, md5 in files.items():
+        dest = os.path.join(folder, name)
+        if os.path.isfile(dest) and _md5(dest) == md5:
+            continue  # present and verified
+        tries = []
+        for base in mirrors:  # in order, until one gives a whole, verified file
+            tries.append(_fetch(base.rstrip('/') + '/' + name, dest, md5, timeout))
+            if tries[-1] is None:
+                break
+        else:
+            failed.append(name)
+            reasons += tries
+    if failed:
+        raise DataError(f'could not download {", ".join(failed)}; put {"them" if len(failed) > 1 else "it"} '
+                        f'(with the published MD5) in {folder}/ by hand. Tried: {"; ".join(reasons)}.')
+
+
+def _safe_extract(archive, folder):
+    """Extract a tar into folder after checking every member: no links, devices, or escaping paths."""
+    top = os.path.realpath(folder)
+    try:
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()  # read the whole index before writing anything
+            for m in members:
+                target = os.path.realpath(os.path.join(top, m.name))  # '..' and absolute names resolved
+                if not (m.isfile() or m.isdir()):
+                    raise DataError(f'refusing to extract {m.name} from {archive}: links and devices '
+                                    f'are not allowed.')
+                if os.path.commonpath([top, target]) != top:
+                    raise DataError(f'refusing to extract {m.name} from {archive}: it would land '
+                                    f'outside {folder}.')
+            safety = {'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}  # 2nd line of defence
+            tar.extractall(top, members, **safety)
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise DataError(f'{archive} is not a readable tar archive ({e}); delete it and run again.') from None
+
+
+def download(name, root, mirrors=None, timeout=30):
+    """Fetch MNIST (4 .gz files to <root>/mnist/) or CIFAR-10 (to <root>/cifar10/cifar-10-batches-py/).
+
+    mirrors: base URLs tried in order, the file name is appended (default MNIST_MIRRORS or CIFAR_MIRRORS);
+    a test may point them at a local server. Files already present with the published MD5 are skipped;
+    the CIFAR-10 archive is kept beside the extracted batches and not extracted again once they exist.
+    """
+    if name == 'mnist':
+        _fetch_all(MNIST_FILES, os.path.join(root, 'mnist'), mirrors or MNIST_MIRRORS, timeout)
+        return
+    if name != 'cifar10':
+        raise ValueError(f'download knows "mnist" and "cifar10", not {name!r}.')
+    folder = os.path.join(root, 'cifar10')
+    batches = os.path.join(folder, 'cifar-10-batches-py')
+    if all(os.path.isfile(os.path.join(batches, n)) for n in CIFAR_BATCHES[True] + CIFAR_BATCHES[False]):
+        return  # already extracted
+    _fetch_all(CIFAR_FILES, folder, mirrors or CIFAR_MIRRORS, timeout)
+    scratch = tempfile.mkdtemp(prefix='.extract-', dir=folder)  # extract aside, then rename in one step
+    try:
+        _safe_extract(os.path.join(folder, next(iter(CIFAR_FILES))), scratch)
+        os.replace(os.path.join(scratch, 'cifar-10-batches-py'), batches)
+    except OSError as e:  # no such folder in the archive, or an incomplete one in the way
+        raise DataError(f'could not put the extracted batches at {batches} ({e}); remove any '
+                        f'incomplete folder there and run again.') from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- preprocessing and the one-class split
+
+def gcn_l1(x):
+    """Global contrast normalisation with the l1 scale, per image over all C*H*W values (D of them):
+
+        x_hat = (x - mu) / s,   mu = (1/D) sum_j x_j,   s = (1/D) sum_j |x_j - mu|
+
+    x: float tensor (N, ...) -> same shape and dtype. (Theano's code divides by the l1 norm D*s instead;
+    the min-max scaling that follows cancels the factor D.) A constant image maps to zeros, not NaN.
+    """
+    dims = tuple(range(1, x.dim()))  # every axis but the batch axis
+    x = x - x.mean(dim=dims, keepdim=True)  # (N, ...) centred: mu = 0
+    s = x.abs().mean(dim=dims, keepdim=True)  # (N, 1, ...) mean absolute deviation
+    return x.div_(s.clamp_min(torch.finfo(x.dtype).tiny))  # 0 / tiny = 0 for a constant image
+
+
+@dataclasses.dataclass
+class OneClassData:
+    x_train: torch.Tensor       # (n, C, H, W) float32, min-max scaled to [0, 1]
+    x_test: torch.Tensor        # (10000, C, H, W) float32, scaled with the training constants
+    y_test: torch.Tensor        # (10000,) int64, 1 = anomaly (another class), 0 = normal
+    test_classes: torch.Tensor  # (10000,) int64, the original labels 0..9
+    train_index: torch.Tensor   # (n,) int64, indices into the official training set, in x_train order
+    polluted: torch.Tensor      # (n,) bool, True for the injected anomalies
+    scale: tuple                # (lo, hi): min and max of the training pixels after GCN
+    dataset: str
+    normal_class: int
+
+
+_ARRAYS = {'mnist': _mnist_arrays, 'cifar10': _cifar_arrays}
+
+
+def _to_float64(x):
+    """uint8 (N, H, W) or (N, C, H, W) -> float64 tensor (N, C, H, W) in [0, 1]."""
+    x = torch.tensor(x, dtype=torch.float64) / 255  # a copy: the cached arrays stay untouched
+    return x.unsqueeze(1) if x.dim() == 3 else x  # MNIST gets its channel axis C = 1
+
+
+def one_class_split(dataset, normal_class, pollution_rate=0.0, seed=0, root='data', device='cpu'):
+    """Deep SVDD's one-class experiment for `normal_class`, optionally polluted (see the module docstring)."""
+    if dataset not in _ARRAYS:
+        raise ValueError(f'dataset must be one of {sorted(_ARRAYS)}, not {dataset!r}.')
+    if isinstance(normal_class, bool) or not isinstance(normal_class, (int, np.integer)) \
+            or not 0 <= normal_class <= 9:
+        raise ValueError(f'normal_class must be an integer class label in 0..9, not {normal_class!r}.')
+    if not 0 <= pollution_rate < 1:
+        raise ValueError(f'pollution_rate is the anomalies\' share of the train set, so it must lie in '
+                         f'[0, 1), not {pollution_rate!r}.')
+    x_all, y_all = _ARRAYS[dataset](root, True)  # read-only, cached
+    x_te, y_te = _ARRAYS[dataset](root, False)
+    normal = np.flatnonzero(y_all == normal_class)  # official training indices of class k
+    others = np.flatnonzero(y_all != normal_class)
+    k_p = round(pollution_rate * len(normal) / (1 - pollution_rate))  # k_p / (n + k_p) = p, to rounding
+    if k_p > len(others):
+        raise ValueError(f'pollution_rate {pollution_rate} needs {k_p} anomalies but the other classes '
+                         f'have only {len(others)} training images; use a smaller rate.')
+    rng = np.random.default_rng(seed)
+    injected = np.sort(rng.choice(others, size=k_p, replace=False))  # uniform, without replacement
+    train_index = np.concatenate([normal, injected])  # normal first, then the anomalies
+
+    x_train = gcn_l1(_to_float64(x_all[train_index]))  # (n, C, H, W) float64
+    x_test = gcn_l1(_to_float64(x_te))  # (10000, C, H, W) float64
+    lo, hi = x_train.min().item(), x_train.max().item()  # over ALL pixels of the train set
+    dev = torch.device(device)
+    return OneClassData(
+        x_train=((x_train - lo) / (hi - lo)).to(dev, torch.float32),
+        x_test=((x_test - lo) / (hi - lo)).to(dev, torch.float32),  # same constants: may leave [0, 1]
+        y_test=torch.from_numpy((y_te != normal_class).astype(np.int64)).to(dev),
+        test_classes=torch.from_numpy(y_te.copy()).to(dev),
+        train_index=torch.from_numpy(train_index.astype(np.int64)).to(dev),
+        polluted=torch.from_numpy(np.arange(len(train_index)) >= len(normal)).to(dev),
+        scale=(lo, hi), dataset=dataset, normal_class=int(normal_class))
+
+
+def batches(n, batch_size, generator):
+    """Yield int64 index tensors: a torch.randperm(n) from a CPU generator, cut into batch_size chunks."""
+    perm = torch.randperm(n, generator=generator)  # (n,) on the CPU; index any device's tensors with it
+    for start in range(0, n, batch_size):
+        yield perm[start:start + batch_size]  # the last chunk may be shorter

@@ -1,0 +1,288 @@
+"""NumPy metrics and matplotlib plots for one-class anomaly detection.
+
+Read this after a model file (svdd.py, ocnn.py, ae.py, rcae.py): run.py scores the test set with the trained
+model, then calls `summarize` (-> metrics.json) and the `plot_*` functions (-> plots/*.png) defined here.
+
+Conventions, the same for every method in this codebase
+-------------------------------------------------------
+- labels y: 1 = anomaly (any class but the normal one), 0 = normal.
+- scores s: higher = more anomalous, for every method (Deep SVDD: ||phi(x) - c||^2, minus R^2 for the
+  soft-boundary objective; OC-NN: r - f(x); AE/RCAE: reconstruction error). A flipped score turns an AUROC a
+  into 1 - a, so an AUROC well below 0.5 usually means a sign bug, not a bad model.
+- A point is flagged as an anomaly at threshold t when s >= t.
+
+Equations
+---------
+(1) AUROC: the probability that a random anomaly scores above a random normal point, ties counting half,
+        AUROC = P(s_i > s_j) + 1/2 P(s_i = s_j),      i ~ anomalies, j ~ normals.
+    Counting all n_1 * n_0 pairs is O(n^2). The Mann-Whitney U statistic gives the same number with one sort,
+    O(n log n): rank all n scores ascending (1..n), give tied scores the mean of the ranks they span, and let
+    R_1 be the sum of the anomalies' ranks; then
+        U = R_1 - n_1 (n_1 + 1) / 2,      AUROC = U / (n_1 n_0).
+(2) ROC curve, one point per distinct score t, from the highest down, after the point (0, 0) at t = +inf:
+        TPR(t) = TP(t) / n_1,   FPR(t) = FP(t) / n_0,   TP(t) = #{anomalies with s >= t}, FP(t) = #{normals ...}.
+    Its trapezoid area equals (1) exactly: a group of tied scores is one diagonal step, and the triangle under
+    that step is the "ties count half".
+(3) Precision and recall at the same thresholds:   P(t) = TP(t) / (TP(t) + FP(t)),   R(t) = TP(t) / n_1.
+(4) Average precision, the step-wise area under the PR curve (as sklearn's average_precision_score), over the
+    distinct thresholds t_1 > t_2 > ... > t_m, with R_0 = 0:
+        AP = sum_k (R_k - R_{k-1}) P_k.
+    AP = 1 for a perfect ranking; a random ranking gets about the base rate n_1 / n.
+
+Symbols
+-------
+| paper        | code                     | shape                                  |
+| y            | labels                   | (n,) 0/1                               |
+| s            | scores                   | (n,) float                             |
+| n_1, n_0     | n_anomalous, n_normal    | int                                    |
+| TP(t), FP(t) | tp, fp                   | (m,) one per distinct score, t falling |
+| t            | thresholds               | (m,) strictly decreasing               |
+
+References: Hanley & McNeil (1982), "The meaning and use of the area under a ROC curve"; Fawcett (2006),
+"An introduction to ROC analysis". The most-normal / most-anomalous image grid is the figure of Ruff et al.
+(2018), "Deep One-Class Classification", ICML.
+
+Choices and deviations from sklearn
+-----------------------------------
+- No sklearn: these few lines are part of the lesson.
+- precision_recall_curve returns one point per threshold, in the same order as roc_curve (thresholds falling,
+  recall rising); sklearn reverses that order and appends a point (R = 0, P = 1) that has no threshold.
+- roc_curve's first threshold is +inf, the point (0, 0) where nothing is flagged (as sklearn >= 1.3).
+- Every metric raises ValueError when only one class is present, where sklearn warns and returns nan:
+  a number there would hide a broken test split.
+"""
+import math
+from pathlib import Path
+
+import numpy as np
+import matplotlib
+matplotlib.use('Agg')  # files only, no window: works on servers and in tests
+import matplotlib.pyplot as plt
+
+
+# ----------------------------------------------------------------------------------------------------- metrics
+
+def _check(labels, scores, name, both_classes=True):
+    """Validate and convert: labels -> (n,) int64 of 0/1, scores -> (n,) float64, all finite."""
+    y, s = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    if y.ndim != 1 or s.ndim != 1:
+        raise ValueError(f'{name}: labels and scores must be 1-D, got shapes {y.shape} and {s.shape}.')
+    if y.size != s.size:
+        raise ValueError(f'{name}: labels and scores must have the same length, got {y.size} and {s.size}.')
+    bad = ~np.isin(y, (0, 1))
+    if bad.any():
+        raise ValueError(f'{name}: labels must be 0 (normal) or 1 (anomaly), found {np.unique(y[bad])[:5]}.')
+    bad = ~np.isfinite(s)
+    if bad.any():
+        raise ValueError(f'{name}: {bad.sum()} of {s.size} scores are NaN or infinite (first at index '
+                         f'{np.flatnonzero(bad)[0]}); check the training loss for divergence before scoring.')
+    y = y.astype(np.int64)
+    n_1 = int(y.sum())
+    if both_classes and (n_1 == 0 or n_1 == y.size):
+        raise ValueError(f'{name} needs both normal (0) and anomalous (1) labels, but the {y.size} labels '
+                         f'hold {y.size - n_1} normal and {n_1} anomalous; it is undefined for one class.')
+    return y, s
+
+
+def auroc(labels, scores):
+    """Area under the ROC curve, eq. (1), from ranks (Mann-Whitney U), O(n log n)."""
+    y, s = _check(labels, scores, 'auroc')
+    n_1 = int(y.sum())
+    n_0 = y.size - n_1
+    order = np.argsort(s)                                     # (n,) ascending
+    s_sorted = s[order]
+    new = np.r_[True, s_sorted[1:] != s_sorted[:-1]]          # (n,) True where a run of equal scores starts
+    start = np.flatnonzero(new)                               # (m,) 0-based first position of each run
+    end = np.r_[start[1:], s.size]                            # (m,) one past its last position
+    mean_rank = (start + 1 + end) / 2                         # (m,) mean of the 1-based ranks start+1 .. end
+    ranks = mean_rank[np.cumsum(new) - 1]                     # (n,) rank of each sorted score, ties averaged
+    R_1 = ranks[y[order] == 1].sum()                          # sum of the anomalies' ranks
+    U = R_1 - n_1 * (n_1 + 1) / 2                             # pairs (anomaly above normal), ties as 1/2
+    return float(U / (n_1 * n_0))
+
+
+def _counts(y, s):
+    """TP(t) and FP(t) of eq. (2) at each distinct score t, highest first: (tp, fp, thresholds), each (m,)."""
+    order = np.argsort(-s, kind='stable')                     # (n,) descending
+    s_desc, y_desc = s[order], y[order]
+    last = np.r_[s_desc[1:] != s_desc[:-1], True]             # (n,) True at the last member of each tie group
+    tp = np.cumsum(y_desc)[last]                              # anomalies with s >= t
+    fp = np.flatnonzero(last) + 1 - tp                        # everything with s >= t, minus the anomalies
+    return tp, fp, s_desc[last]
+
+
+def roc_curve(labels, scores):
+    """ROC curve, eq. (2): (fpr, tpr, thresholds), from (0, 0) at t = +inf to (1, 1); tied scores are one point."""
+    y, s = _check(labels, scores, 'roc_curve')
+    tp, fp, t = _counts(y, s)
+    fpr = np.r_[0, fp] / fp[-1]                               # fp[-1] = n_0
+    tpr = np.r_[0, tp] / tp[-1]                               # tp[-1] = n_1
+    return fpr, tpr, np.r_[np.inf, t]
+
+
+def precision_recall_curve(labels, scores):
+    """Precision and recall, eq. (3): (precision, recall, thresholds), thresholds falling, recall rising."""
+    y, s = _check(labels, scores, 'precision_recall_curve')
+    tp, fp, t = _counts(y, s)
+    precision = tp / (tp + fp)                                # tp + fp >= 1: t is one of the scores
+    recall = tp / tp[-1]
+    return precision, recall, t
+
+
+def average_precision(labels, scores):
+    """Average precision, eq. (4): AP = sum_k (R_k - R_{k-1}) P_k over distinct thresholds, R_0 = 0."""
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    return float(np.sum(np.diff(recall, prepend=0) * precision))
+
+
+def summarize(labels, scores):
+    """The numbers run.py writes to metrics.json."""
+    y, _ = _check(labels, scores, 'summarize')
+    return {'auroc': auroc(labels, scores), 'average_precision': average_precision(labels, scores),
+            'n_normal': int((y == 0).sum()), 'n_anomalous': int((y == 1).sum())}
+
+
+# ------------------------------------------------------------------------------------------------------- plots
+
+def _save(fig, path):
+    """Write one PNG (creating parent folders), close the figure, return path."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches='tight')       # grow the canvas so no text is clipped
+    plt.close(fig)
+    return path
+
+
+def _is_number(v):
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def plot_history(histories, path):
+    """Training curves: one row per stage ({name: [epoch dicts]}); loss first, then one panel per other key.
+
+    The keys epoch, loss, lr and seconds are not plotted as panels; every other numeric key (R, r, frac_out,
+    n_nonzero, ...) gets a panel of its own, because those quantities live on different scales.
+    """
+    stages = [(name, h) for name, h in histories.items() if h]
+    if not stages:
+        raise ValueError('plot_history: every stage history is empty; there is nothing to plot.')
+    skip = {'epoch', 'loss', 'lr', 'seconds'}
+    extras = {name: list(dict.fromkeys(k for e in h for k, v in e.items() if k not in skip and _is_number(v)))
+              for name, h in stages}                          # keys in order of first appearance
+    ncols = 1 + max(len(keys) for keys in extras.values())
+    fig, axes = plt.subplots(len(stages), ncols, figsize=(4.6 * ncols, 3.3 * len(stages)), squeeze=False,
+                             layout='constrained')
+    for row, (name, h) in zip(axes, stages):
+        epoch = [e.get('epoch', i + 1) for i, e in enumerate(h)]
+        marker = 'o' if len(h) <= 30 else None
+        for ax, key in zip(row, ['loss'] + extras[name]):
+            v = np.array([e.get(key) if _is_number(e.get(key)) else np.nan for e in h], dtype=float)
+            ax.plot(epoch, v, marker=marker, markersize=3, color='tab:blue' if key == 'loss' else 'tab:orange')
+            finite = v[np.isfinite(v)]
+            log = key == 'loss' and finite.size > 0 and bool(np.all(finite > 0))
+            if log:
+                ax.set_yscale('log')
+            ax.set(title=f'{name}: {key}', xlabel='epoch', ylabel=f'{key} (log scale)' if log else key)
+            ax.grid(alpha=0.3)
+        for ax in row[1 + len(extras[name]):]:
+            ax.axis('off')                                    # this stage has fewer extra keys than the widest
+    fig.suptitle('training history', fontsize=13)
+    return _save(fig, path)
+
+
+def plot_score_hist(labels, scores, path, title=''):
+    """Overlaid density histograms of normal and anomalous test scores, on shared bins."""
+    y, s = _check(labels, scores, 'plot_score_hist', both_classes=False)
+    bins = np.histogram_bin_edges(s, bins=int(np.clip(np.sqrt(s.size), 10, 60)))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout='constrained')
+    for value, name, color in ((0, 'normal', 'tab:blue'), (1, 'anomalous', 'tab:red')):
+        part = s[y == value]
+        if part.size:
+            ax.hist(part, bins=bins, density=True, alpha=0.5, color=color, edgecolor=color,
+                    label=f'{name} (n = {part.size})')
+    ax.set(xlabel='anomaly score (higher = more anomalous)', ylabel='density',
+           title=title or 'test scores by true label')
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_roc_pr(labels, scores, path, title=''):
+    """Two panels: the ROC curve with the chance diagonal, and the PR curve with the base rate."""
+    fpr, tpr, _ = roc_curve(labels, scores)
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    auc, ap = auroc(labels, scores), average_precision(labels, scores)
+    base_rate = float(np.mean(np.asarray(labels) == 1))       # n_1 / n: precision of flagging everything
+    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(10.5, 4.8), layout='constrained')
+    ax_roc.plot(fpr, tpr, color='tab:blue', label=f'ROC (AUROC = {auc:.4f})')
+    ax_roc.plot([0, 1], [0, 1], '--', color='gray', label='chance (AUROC = 0.5)')
+    ax_roc.set(xlim=(0, 1), ylim=(0, 1.01), aspect='equal', title='ROC curve',
+               xlabel='false positive rate (normals flagged)', ylabel='true positive rate (anomalies caught)')
+    # steps-pre from (0, P_1): precision P_k holds on (R_{k-1}, R_k], so the area under the steps is AP, eq. (4)
+    ax_pr.step(np.r_[0, recall], np.r_[precision[0], precision], where='pre', color='tab:blue',
+               label=f'PR (AP = {ap:.4f})')
+    ax_pr.axhline(base_rate, ls='--', color='gray', label=f'base rate n_1/n = {base_rate:.3f}')
+    ax_pr.set(xlim=(0, 1), ylim=(0, 1.01), title='precision-recall curve (anomaly = positive)',
+              xlabel='recall (anomalies caught)', ylabel='precision (flagged that are anomalies)')
+    ax_roc.legend(loc='lower right')                          # the ROC curve never enters that corner
+    ax_pr.legend(loc='best')                                  # the PR curve can run anywhere
+    for ax in (ax_roc, ax_pr):
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _to_display(x):
+    """(C, H, W) any range -> min-max scaled to [0, 1], as (H, W) for C = 1 or (H, W, 3) for C = 3."""
+    lo, hi = x.min(), x.max()
+    x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    return x[0] if x.shape[0] == 1 else x.transpose(1, 2, 0)
+
+
+def _mosaic(tiles, ncols, pad=2):
+    """A list of (H, W) or (H, W, 3) images in [0, 1] -> one image of nrows x ncols tiles, white gaps."""
+    h, w = tiles[0].shape[:2]
+    nrows = math.ceil(len(tiles) / ncols)
+    out = np.ones((nrows * (h + pad) - pad, ncols * (w + pad) - pad) + tiles[0].shape[2:])
+    for j, tile in enumerate(tiles):
+        r, c = divmod(j, ncols)
+        out[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = tile
+    return out
+
+
+def plot_extremes(images, scores, labels, path, k=16, title=''):
+    """The k most normal and k most anomalous NORMAL test images (label 0), each tile labelled with its score.
+
+    This is the figure of Ruff et al. (2018): what the model finds atypical within the normal class itself.
+    With fewer than 2k normal images the two grids share some images. Each grid is one mosaic image
+    (one imshow, not one axes per tile), which keeps the figure quick to draw.
+    """
+    images = np.asarray(images, dtype=np.float64)
+    y, s = _check(labels, scores, 'plot_extremes', both_classes=False)
+    if images.ndim != 4 or images.shape[1] not in (1, 3) or len(images) != s.size:
+        raise ValueError(f'plot_extremes: images must be (N, C, H, W) with C = 1 or 3 and N = {s.size} '
+                         f'(the number of scores), got shape {images.shape}.')
+    normal = np.flatnonzero(y == 0)
+    if normal.size == 0:
+        raise ValueError('plot_extremes: there are no normal (label 0) images to rank.')
+    order = normal[np.argsort(s[normal], kind='stable')]      # normal images, lowest score first
+    k = min(k, normal.size)
+    groups = [('most normal: the lowest scores', order[:k]), ('most anomalous: the highest scores', order[::-1][:k])]
+    ncols = min(k, 8)
+    nrows = math.ceil(k / ncols)
+    h, w = images.shape[2:]
+    pad = max(2, h // 3)                                      # room under each tile for its score
+    fig, axes = plt.subplots(2, 1, figsize=(1.2 * ncols + 0.4, 2 * 1.35 * nrows + 1.0))
+    for ax, (name, idx) in zip(axes, groups):
+        ax.imshow(_mosaic([_to_display(images[i]) for i in idx], ncols, pad), cmap='gray', vmin=0, vmax=1,
+                  interpolation='nearest')
+        for j, i in enumerate(idx):                           # the score under each tile
+            r, c = divmod(j, ncols)
+            ax.text(c * (w + pad) + w / 2, r * (h + pad) + h + pad / 2, f'{s[i]:.3g}', ha='center',
+                    va='center', fontsize=7)
+        ax.set_title(name, fontsize=10, fontweight='bold')
+        ax.axis('off')
+    fig.suptitle(title or f'the {k} lowest and {k} highest scored of {normal.size} normal test images',
+                 fontsize=10)
+    fig.text(0.5, 0.005, 'number under each image = its anomaly score', ha='center', fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,355 @@
+"""One command from data to plots: pretrain -> one-class objective -> scores -> metrics and a run folder.
+
+    python run.py --objective svdd                       # MNIST, normal class 0, Deep SVDD (one-class)
+    python run.py --objective ocnn --joint --pretrain rcae --pollution-rate 0.05
+    python run.py --objective svdd --normal-class all --seeds 0 1 2      # a resumable sweep + summary
+
+Every default lives in `Config` below; the flags are made from its fields. Fields left at None take the
+reference value of the chosen dataset (PAPERS.md sections 3-5, `DATASET_DEFAULTS`). This is the only
+file that knows every other one: data.py -> ae.py | rcae.py -> svdd.py | ocnn.py -> evaluate.py.
+
+Run folder: <out>/<time>-<dataset>-<class>-<pretrain>-<objective>/ with config.json, history.json,
+scores.csv (test index, label, score), model.pt, plots/ and, written last and atomically, metrics.json:
+a folder without metrics.json is an unfinished run. A sweep (--normal-class all and/or --seeds ...)
+writes its runs into <out>/sweep-<dataset>-<pretrain>-<objective>-<hash of the settings>/ under fixed
+names, skips those that finished when started again, and writes summary.csv and summary.md.
+Pretrained autoencoders are cached in <out>/ae-cache/, keyed on the data, the pretraining settings and
+the seed, so a comparison of objectives pretrains once.
+"""
+import argparse
+import csv
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+import ae
+import data
+import evaluate
+import ocnn
+import rcae
+import svdd
+
+OBJECTIVES = ("svdd", "soft-svdd", "ocnn", "ae")
+
+# Reference settings that differ between the datasets (Deep-SVDD-PyTorch README; the OC-NN seed lab).
+DATASET_DEFAULTS = {
+    "mnist": dict(rep_dim=32, ae_epochs=150, ae_milestones=[50], ae_weight_decay=0.5e-3, ocnn_nu=0.01),
+    "cifar10": dict(rep_dim=128, ae_epochs=350, ae_milestones=[250], ae_weight_decay=0.5e-6, ocnn_nu=0.1),
+}
+
+
+@dataclasses.dataclass
+class Config:
+    # what to run
+    dataset: str = "mnist"            # mnist | cifar10
+    normal_class: str = "0"           # 0..9, or 'all' for a sweep over the ten classes
+    pretrain: str = "ae"              # ae | rcae: the representation (stage 1)
+    objective: str = "svdd"           # svdd (one-class) | soft-svdd | ocnn | ae (DCAE: reconstruction error)
+    nu: float = None                  # soft-svdd / ocnn: None = 0.1 for SVDD, 0.01 MNIST / 0.1 CIFAR for OC-NN
+    pollution_rate: float = 0.0       # fraction of anomalies mixed into the training set
+    seed: int = 0
+    seeds: list = None                # several seeds: a sweep, e.g. --seeds 0 1 2
+    rep_dim: int = None               # None = 32 MNIST / 128 CIFAR-10
+    batch_size: int = 200
+    # stage 1: autoencoder pretraining (DCAE), and RCAE's sparse part
+    ae_epochs: int = None             # None = 150 MNIST / 350 CIFAR-10
+    ae_lr: float = 1e-4
+    ae_milestones: list = None        # lr x0.1 after these epochs; None = [50] / [250]
+    ae_weight_decay: float = None     # None = 0.5e-3 MNIST / 0.5e-6 CIFAR-10
+    rcae_lambda: float = 0.1          # l1 weight of N; threshold lambda/2
+    rcae_iters: int = 5               # outer iterations T; each runs ae_epochs / T epochs
+    # stage 2a: Deep SVDD
+    svdd_epochs: int = 150
+    svdd_lr: float = 1e-4
+    svdd_milestones: list = dataclasses.field(default_factory=lambda: [50])
+    svdd_weight_decay: float = 0.5e-6
+    svdd_warmup: int = 10             # soft-svdd: epochs with R = 0 before R is set
+    # stage 2b: OC-NN
+    ocnn_epochs: int = 250
+    ocnn_lr: float = 1e-4
+    ocnn_lr_drop: int = 100           # head lr x0.1 after this epoch
+    ocnn_hidden: int = 32
+    ocnn_activation: str = "linear"   # linear | sigmoid | relu | tanh
+    joint: bool = False               # OC-NN: train the encoder too (else z-only: encoder frozen)
+    encoder_lr: float = 1e-5          # OC-NN joint: the encoder's learning rate
+    encoder_weight_decay: float = 1e-5
+    # plumbing
+    device: str = "auto"              # auto | cpu | cuda
+    data_root: str = "data"
+    out: str = "runs"
+    quiet: bool = False               # no per-epoch lines
+
+
+CHOICES = {"dataset": ("mnist", "cifar10"), "pretrain": ("ae", "rcae"), "objective": OBJECTIVES,
+           "device": ("auto", "cpu", "cuda"), "ocnn_activation": tuple(ocnn.ACTIVATIONS)}
+TYPES = {"nu": float, "rep_dim": int, "ae_epochs": int, "ae_weight_decay": float,
+         "seeds": int, "ae_milestones": int, "svdd_milestones": int, "normal_class": str}
+
+
+class UserError(Exception):
+    """A problem the user can fix: printed as one sentence, exit status 2."""
+
+
+def make_parser():
+    """argparse flags generated from Config's fields: ae_lr -> --ae-lr, bool -> a switch, list -> nargs."""
+    parser = argparse.ArgumentParser(description="Deep one-class anomaly detection: Deep SVDD and OC-NN.")
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool:
+            parser.add_argument(flag, action="store_true")
+        elif f.type is list:
+            parser.add_argument(flag, type=TYPES[f.name], nargs="*", default=None)
+        else:
+            parser.add_argument(flag, type=TYPES.get(f.name, f.type), choices=CHOICES.get(f.name),
+                                default=None)
+    return parser
+
+
+def resolve(cfg):
+    """Fill the dataset's reference values into fields left at None and check every value."""
+    d = DATASET_DEFAULTS[cfg.dataset]
+    for key in ("rep_dim", "ae_epochs", "ae_milestones", "ae_weight_decay"):
+        if getattr(cfg, key) is None:
+            setattr(cfg, key, d[key])
+    if cfg.nu is None:
+        cfg.nu = d["ocnn_nu"] if cfg.objective == "ocnn" else 0.1
+    if not 0 < cfg.nu <= 1:
+        raise UserError(f"--nu must lie in (0, 1], got {cfg.nu}.")
+    if not 0 <= cfg.pollution_rate < 1:
+        raise UserError(f"--pollution-rate must lie in [0, 1), got {cfg.pollution_rate}.")
+    if cfg.normal_class != "all" and (not cfg.normal_class.isdigit() or not 0 <= int(cfg.normal_class) <= 9):
+        raise UserError(f"--normal-class must be 0..9 or 'all', got {cfg.normal_class!r}.")
+    for key in ("batch_size", "ae_epochs", "svdd_epochs", "ocnn_epochs", "rcae_iters", "rep_dim"):
+        if getattr(cfg, key) < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(cfg, key)}.")
+    if cfg.rep_dim % 16:
+        raise UserError(f"--rep-dim must be a multiple of 16 (the decoder views z as rep_dim/16 x 4 x 4).")
+    if cfg.pretrain == "rcae" and cfg.ae_epochs % cfg.rcae_iters:
+        raise UserError(f"--ae-epochs ({cfg.ae_epochs}) must be a multiple of --rcae-iters ({cfg.rcae_iters}).")
+    if cfg.rcae_lambda < 0:
+        raise UserError(f"--rcae-lambda must be >= 0, got {cfg.rcae_lambda}.")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but torch finds no CUDA device; use --device cpu.")
+    return cfg
+
+
+def pick_device(choice):
+    if choice != "auto":
+        return torch.device(choice)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"device: {device} (auto: {'a CUDA device was found' if device.type == 'cuda' else 'no CUDA device'})")
+    return device
+
+
+def banner(text):
+    print(f"\n=== {text} ===", flush=True)
+
+
+def settings_key(cfg, fields):
+    """A short hash of the named config fields: equal settings -> equal key."""
+    blob = json.dumps({k: getattr(cfg, k) for k in fields}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+PRETRAIN_FIELDS = ("dataset", "pollution_rate", "seed", "rep_dim", "batch_size", "pretrain", "ae_epochs",
+                   "ae_lr", "ae_milestones", "ae_weight_decay", "rcae_lambda", "rcae_iters")
+
+
+def pretrain(cfg, d, device):
+    """Stage 1: the autoencoder (or RCAE), from the cache when the same data, settings and seed came before.
+
+    Returns (autoencoder, history, extra) where extra holds RCAE's per-image ||N_i||_1 figures.
+    """
+    fields = PRETRAIN_FIELDS if cfg.pretrain == "rcae" else PRETRAIN_FIELDS[:-2]
+    key = settings_key(cfg, fields) + f"-class{d.normal_class}"
+    path = os.path.join(cfg.out, "ae-cache", f"{cfg.dataset}-{cfg.pretrain}-{key}.pt")
+    torch.manual_seed(cfg.seed)                                       # weight init depends on the seed only
+    model = ae.build_autoencoder(cfg.dataset, cfg.rep_dim).to(device)
+    banner(f"stage 1: pretraining ({cfg.pretrain}) on {len(d.x_train)} training images")
+    if os.path.exists(path):
+        saved = torch.load(path, map_location=device, weights_only=True)
+        model.load_state_dict(saved["ae"])
+        print(f"reusing the pretrained autoencoder {path}")
+        return model, saved["history"], saved["extra"]
+    kw = dict(lr=cfg.ae_lr, weight_decay=cfg.ae_weight_decay, milestones=cfg.ae_milestones,
+              batch_size=cfg.batch_size, seed=cfg.seed, verbose=not cfg.quiet)
+    extra = {}
+    if cfg.pretrain == "ae":
+        history = ae.train_autoencoder(model, d.x_train, epochs=cfg.ae_epochs, **kw)
+    else:
+        _, N, history = rcae.train_rcae(model, d.x_train, lam=cfg.rcae_lambda, outer_iters=cfg.rcae_iters,
+                                        epochs_per_iter=cfg.ae_epochs // cfg.rcae_iters, **kw)
+        mass = rcae.n_mass_per_image(N).cpu()                         # (n,) ||N_i||_1
+        extra["N_l1_per_image_normal"] = mass[~d.polluted.cpu()].mean().item()
+        if d.polluted.any():
+            extra["N_l1_per_image_polluted"] = mass[d.polluted.cpu()].mean().item()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save({"ae": {k: v.cpu() for k, v in model.state_dict().items()}, "history": history,
+                "extra": extra}, path + ".tmp")
+    os.replace(path + ".tmp", path)                                   # whole files only
+    return model, history, extra
+
+
+def one_class(cfg, d, model):
+    """Stage 2: the objective on the pretrained encoder. Returns (test scores, history, state to save)."""
+    seed_all(cfg.seed)                                                # same start with or without the cache
+    kw = dict(batch_size=cfg.batch_size, seed=cfg.seed, verbose=not cfg.quiet)
+    if cfg.objective == "ae":
+        banner("stage 2: none (DCAE baseline: the score is the reconstruction error)")
+        return ae.reconstruction_scores(model, d.x_test), [], {}
+    phi = ae.encoder_copy(model)                                      # the AE itself stays untouched
+    if cfg.objective in ("svdd", "soft-svdd"):
+        objective = "one-class" if cfg.objective == "svdd" else "soft-boundary"
+        banner(f"stage 2: Deep SVDD ({objective}, nu={cfg.nu})")
+        c, R, history = svdd.train_svdd(phi, d.x_train, objective=objective, nu=cfg.nu, epochs=cfg.svdd_epochs,
+                                        lr=cfg.svdd_lr, weight_decay=cfg.svdd_weight_decay,
+                                        milestones=cfg.svdd_milestones, warmup=cfg.svdd_warmup, **kw)
+        return svdd.svdd_scores(phi, c, d.x_test, R), history, {"phi": phi.state_dict(), "c": c, "R": R}
+    banner(f"stage 2: OC-NN ({'joint' if cfg.joint else 'z-only'}, nu={cfg.nu})")
+    head, r, history = ocnn.train_ocnn(phi, d.x_train, joint=cfg.joint, nu=cfg.nu, epochs=cfg.ocnn_epochs,
+                                       lr=cfg.ocnn_lr, lr_drop_epoch=cfg.ocnn_lr_drop, encoder_lr=cfg.encoder_lr,
+                                       encoder_weight_decay=cfg.encoder_weight_decay, hidden=cfg.ocnn_hidden,
+                                       activation=cfg.ocnn_activation, **kw)
+    return ocnn.ocnn_scores(phi, head, r, d.x_test), history, {"phi": phi.state_dict(),
+                                                               "head": head.state_dict(), "r": r}
+
+
+def seed_all(seed):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def write_json(path, obj):
+    """Write JSON to a temporary name, then rename: the file is whole or absent."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def run_one(cfg, run_dir, device):
+    """One experiment (one normal class, one seed) into run_dir. Returns the metrics dict."""
+    start = time.perf_counter()
+    seed_all(cfg.seed)
+    d = load_split(cfg, int(cfg.normal_class), device)
+    os.makedirs(os.path.join(run_dir, "plots"), exist_ok=True)
+    write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(cfg))
+    model, pre_history, extra = pretrain(cfg, d, device)
+    scores, history, state = one_class(cfg, d, model)
+
+    labels, scores = d.y_test.cpu().numpy(), scores.cpu().numpy()
+    stages = {f"pretrain ({cfg.pretrain})": pre_history, cfg.objective: history}
+    write_json(os.path.join(run_dir, "history.json"), stages)
+    with open(os.path.join(run_dir, "scores.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["test_index", "label", "score"])
+        w.writerows((i, int(y), f"{s:.9g}") for i, (y, s) in enumerate(zip(labels, scores)))
+    if d.polluted.any():
+        write_json(os.path.join(run_dir, "pollution.json"),
+                   {"polluted_train_indices": d.train_index[d.polluted].tolist()})
+    to_cpu = lambda v: {k: t.cpu() for k, t in v.items()} if isinstance(v, dict) else (
+        v.cpu() if torch.is_tensor(v) else v)
+    torch.save({"config": dataclasses.asdict(cfg), "ae": to_cpu(model.state_dict()),
+                **{k: to_cpu(v) for k, v in state.items()}}, os.path.join(run_dir, "model.pt"))
+
+    metrics = evaluate.summarize(labels, scores)
+    plots = os.path.join(run_dir, "plots")
+    name = f"{cfg.dataset} class {d.normal_class}, {cfg.pretrain} + {cfg.objective}"
+    evaluate.plot_history(stages, os.path.join(plots, "training.png"))
+    evaluate.plot_score_hist(labels, scores, os.path.join(plots, "score_hist.png"), title=name)
+    evaluate.plot_roc_pr(labels, scores, os.path.join(plots, "roc_pr.png"), title=name)
+    evaluate.plot_extremes(d.x_test.cpu().numpy(), scores, labels, os.path.join(plots, "extremes.png"),
+                           title=name)
+    metrics.update(extra, normal_class=d.normal_class, seed=cfg.seed, n_train=len(d.x_train),
+                   scale=list(d.scale), device=str(device), seconds=round(time.perf_counter() - start, 2))
+    write_json(os.path.join(run_dir, "metrics.json"), metrics)        # last: marks the run finished
+    print(f"\nAUROC {100 * metrics['auroc']:.2f}  AP {100 * metrics['average_precision']:.2f}  "
+          f"({name}, seed {cfg.seed}, {metrics['seconds']:.0f}s) -> {run_dir}")
+    return metrics
+
+
+def load_split(cfg, normal_class, device):
+    """The one-class data; downloads the dataset into --data-root first when its files are missing."""
+    args = (cfg.dataset, normal_class, cfg.pollution_rate, cfg.seed, cfg.data_root, device)
+    try:
+        return data.one_class_split(*args)
+    except data.MissingData:
+        print(f"{cfg.dataset} not found under {cfg.data_root}/: downloading it there")
+        data.download(cfg.dataset, cfg.data_root)
+        return data.one_class_split(*args)
+
+
+def sweep(cfg, device):
+    """Every (class, seed) pair into fixed folder names; finished runs are skipped; then the summary."""
+    classes = list(range(10)) if cfg.normal_class == "all" else [int(cfg.normal_class)]
+    seeds = cfg.seeds or [cfg.seed]
+    skip = {"normal_class", "seed", "seeds", "device", "out", "quiet", "data_root"}
+    key = settings_key(cfg, [f.name for f in dataclasses.fields(cfg) if f.name not in skip])
+    mode = "-joint" if cfg.objective == "ocnn" and cfg.joint else ""
+    folder = os.path.join(cfg.out, f"sweep-{cfg.dataset}-{cfg.pretrain}-{cfg.objective}{mode}-{key}")
+    rows = []
+    for k in classes:
+        for s in seeds:
+            run_dir = os.path.join(folder, f"class{k}-seed{s}-{cfg.pretrain}-{cfg.objective}{mode}")
+            done = os.path.join(run_dir, "metrics.json")
+            if os.path.exists(done):
+                print(f"skipping {run_dir}: finished before")
+                with open(done) as f:
+                    rows.append(json.load(f))
+                continue
+            banner(f"sweep run: class {k}, seed {s}")
+            rows.append(run_one(dataclasses.replace(cfg, normal_class=str(k), seed=s), run_dir, device))
+    write_summary(folder, rows)
+    return rows
+
+
+def write_summary(folder, rows):
+    """summary.csv (one row per class) and summary.md: AUROC mean +- std over seeds, mean over classes."""
+    by_class = {}
+    for m in rows:
+        by_class.setdefault(m["normal_class"], []).append(m)
+    table = []
+    for k, ms in sorted(by_class.items()):
+        a = 100 * np.array([m["auroc"] for m in ms])
+        table.append({"normal_class": k, "auroc_mean": round(a.mean(), 2), "auroc_std": round(a.std(), 2),
+                      "n_seeds": len(ms), "seeds": " ".join(str(m["seed"]) for m in ms),
+                      "seconds_mean": round(np.mean([m["seconds"] for m in ms]), 1)})
+    with open(os.path.join(folder, "summary.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(table[0]))
+        w.writeheader()
+        w.writerows(table)
+    lines = ["| normal class | AUROC % (mean +- std) | seeds |", "|---|---|---|"]
+    lines += [f"| {t['normal_class']} | {t['auroc_mean']:.2f} +- {t['auroc_std']:.2f} | {t['n_seeds']} |"
+              for t in table]
+    lines.append(f"| mean | {np.mean([t['auroc_mean'] for t in table]):.2f} | |")
+    with open(os.path.join(folder, "summary.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n" + "\n".join(lines) + f"\nsummary written to {folder}")
+
+
+def main(argv=None):
+    """Parse flags into a Config, then run once or sweep. Returns the metrics (list for a sweep)."""
+    args = make_parser().parse_args(argv)
+    given = {k: v for k, v in vars(args).items() if v is not None and v is not False}
+    try:
+        cfg = resolve(Config(**given))
+        print("config:", json.dumps(dataclasses.asdict(cfg)))
+        device = pick_device(cfg.device)
+        if cfg.normal_class == "all" or cfg.seeds:
+            return sweep(cfg, device)
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = os.path.join(cfg.out, f"{stamp}-{cfg.dataset}-{cfg.normal_class}-{cfg.pretrain}-{cfg.objective}")
+        return run_one(cfg, run_dir, device)
+    except (UserError, data.DataError, ae.NonFiniteLoss) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, UserError) else 1)
+
+
+if __name__ == "__main__":
+    main()

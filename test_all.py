@@ -1,0 +1,993 @@
+"""The test suite: one property per test, named in a comment. `python -m pytest -q` runs it all.
+
+Sections: data.py, evaluate.py, the models (ae.py, rcae.py, svdd.py, ocnn.py), run.py. The end-to-end
+tests use the MNIST shipped in data/ and, where `../shared/data` exists, the CIFAR-10 JPEG copy.
+"""
+import contextlib
+import functools
+import gzip
+import hashlib
+import http.server
+import io
+import json
+import os
+import pickle
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tarfile
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import ae
+import data
+import evaluate
+import ocnn
+import rcae
+import run
+import svdd
+
+torch.set_num_threads(1)
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# ============================================================ data.py
+
+
+
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_DATA = os.path.join(_HERE, 'data')  # the shipped MNIST .gz files live in data/mnist/
+_CIFAR_JPEG_TAR = os.path.join(_HERE, '..', 'shared', 'data', 'cifar10-jpeg', 'cifar10_jpeg.tar')
+
+
+# ---------------------------------------------------------------- helpers
+
+def _idx_bytes(arr, magic):
+    """An IDX file: big-endian magic, one int32 per dimension, then the uint8 values."""
+    dims = b''.join(int(d).to_bytes(4, 'big') for d in arr.shape)
+    return magic.to_bytes(4, 'big') + dims + arr.astype(np.uint8).tobytes()
+
+
+def _write(path, payload, gz):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with (gzip.open(path + '.gz', 'wb') if gz else open(path, 'wb')) as f:
+        f.write(payload)
+
+
+def _tiny_mnist(root, per_class=20, test_per_class=5, gz=True, seed=0):
+    """A synthetic MNIST under root/mnist: 6x5 images, classes 0..9; returns the four arrays."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for prefix, per in (('train', per_class), ('t10k', test_per_class)):
+        y = np.tile(np.arange(10), per)  # (10 * per,)
+        x = rng.integers(0, 256, size=(len(y), 6, 5)).astype(np.uint8)
+        _write(os.path.join(root, 'mnist', f'{prefix}-images-idx3-ubyte'), _idx_bytes(x, 2051), gz)
+        _write(os.path.join(root, 'mnist', f'{prefix}-labels-idx1-ubyte'), _idx_bytes(y, 2049), gz)
+        out += [x, y]
+    return out
+
+
+def _tiny_cifar_arrays(n, seed):
+    """n images whose red, green, blue planes are constant 10*k+1, 10*k+2, 10*k+3 (k = image index)."""
+    x = np.zeros((n, 3072), np.uint8)
+    for k in range(n):
+        x[k] = np.repeat([10 * k + 1, 10 * k + 2, 10 * k + 3], 1024)  # R plane, G plane, B plane
+    return x, list(np.random.default_rng(seed).integers(0, 10, size=n).tolist())
+
+
+def _tiny_cifar_pickles(folder, n=4):
+    os.makedirs(folder, exist_ok=True)
+    for i, name in enumerate(data.CIFAR_BATCHES[True] + data.CIFAR_BATCHES[False]):
+        x, y = _tiny_cifar_arrays(n, seed=i)
+        with open(os.path.join(folder, name), 'wb') as f:
+            pickle.dump({b'data': x, b'labels': y, b'batch_label': b'tiny'}, f, protocol=4)
+
+
+def _tiny_cifar_bins(folder, n=4):
+    os.makedirs(folder, exist_ok=True)
+    for i, name in enumerate(data.CIFAR_BATCHES[True] + data.CIFAR_BATCHES[False]):
+        x, y = _tiny_cifar_arrays(n, seed=i)
+        records = np.concatenate([np.array(y, np.uint8)[:, None], x], axis=1)  # (n, 1 + 3072)
+        records.tofile(os.path.join(folder, name + '.bin'))
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+class _CutHandler(http.server.BaseHTTPRequestHandler):
+    """Announces 1000 bytes, sends 10, closes: a transfer cut short."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header('Content-Length', '1000')
+        self.end_headers()
+        self.wfile.write(b'0123456789')
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def _serve(folder=None, handler=None):
+    """An HTTP server on 127.0.0.1 in a background thread; yields its base URL."""
+    handler = handler or functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    try:
+        yield f'http://127.0.0.1:{server.server_address[1]}/'
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _closed_port_url():
+    with socket.socket() as s:  # bind to a free port, then close it: nothing listens there
+        s.bind(('127.0.0.1', 0))
+        return f'http://127.0.0.1:{s.getsockname()[1]}/'
+
+
+def _md5(payload):
+    return hashlib.md5(payload).hexdigest()
+
+
+def _targz(path, members):
+    """Write a .tar.gz of (TarInfo, bytes or None) pairs."""
+    with tarfile.open(path, 'w:gz') as tar:
+        for info, payload in members:
+            info.size = len(payload) if payload is not None else 0
+            tar.addfile(info, io.BytesIO(payload) if payload is not None else None)
+
+
+@pytest.fixture(scope='session')
+def _cifar_root():
+    """Root with real CIFAR-10 batches (JPEG copy), built once into <repo>/.cache/cifar10; else skip."""
+    if not os.path.isfile(_CIFAR_JPEG_TAR):
+        pytest.skip(f'real CIFAR-10 copy not found at {_CIFAR_JPEG_TAR}')
+    pytest.importorskip('PIL', reason='building the CIFAR-10 batches from JPEG needs Pillow')
+    root = os.path.join(_HERE, '.cache')
+    if not os.path.isfile(os.path.join(root, 'cifar10', 'cifar-10-batches-py', 'test_batch')):
+        part = os.path.join(root, 'cifar10.part')  # build aside, rename when whole
+        shutil.rmtree(part, ignore_errors=True)
+        script = os.path.join(os.path.dirname(_CIFAR_JPEG_TAR), 'to_cifar_batches.py')
+        subprocess.run([sys.executable, script, part, '--tar', _CIFAR_JPEG_TAR], check=True,
+                       stdout=subprocess.DEVNULL)
+        os.replace(part, os.path.join(root, 'cifar10'))
+    return root
+
+
+# ---------------------------------------------------------------- MNIST loader
+
+def test_data_mnist_real_shapes_and_dtypes():
+    # property: the shipped MNIST loads as uint8 (N, 28, 28) and int64 (N,), 60000 train / 10000 test
+    for train, n in ((True, 60000), (False, 10000)):
+        x, y = data.load_mnist(_DATA, train)
+        assert x.shape == (n, 28, 28) and x.dtype == np.uint8
+        assert y.shape == (n,) and y.dtype == np.int64
+
+
+def test_data_mnist_real_label_counts():
+    # property: the per-digit counts are MNIST's published ones (5923 zeros in train)
+    _, y = data.load_mnist(_DATA, True)
+    assert np.bincount(y).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    _, y = data.load_mnist(_DATA, False)
+    assert np.bincount(y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_data_idx_gzip_and_raw_read_alike(tmp_path):
+    # property: the same IDX content reads the same gzipped or raw; shape comes from the header
+    x, y, _, _ = _tiny_mnist(str(tmp_path / 'gz'), gz=True)
+    _tiny_mnist(str(tmp_path / 'raw'), gz=False)
+    for root in (tmp_path / 'gz', tmp_path / 'raw'):
+        xs, ys = data.load_mnist(str(root), True)
+        assert xs.shape == (200, 6, 5) and np.array_equal(xs, x) and np.array_equal(ys, y)
+
+
+def test_data_loaders_return_fresh_copies(tmp_path):
+    # property: changing a returned array does not change what the next call (served from the cache) returns
+    _tiny_mnist(str(tmp_path))
+    x, _ = data.load_mnist(str(tmp_path), True)
+    x[:] = 0
+    assert data.load_mnist(str(tmp_path), True)[0].any()
+
+
+def test_data_idx_gzip_preferred_over_raw(tmp_path):
+    # property: when both exist, the .gz file is the one read
+    x, _, _, _ = _tiny_mnist(str(tmp_path), gz=True)
+    _write(str(tmp_path / 'mnist' / 'train-images-idx3-ubyte'), _idx_bytes(255 - x, 2051), gz=False)
+    assert np.array_equal(data.load_mnist(str(tmp_path), True)[0], x)
+
+
+def test_data_idx_truncated_file_names_it(tmp_path):
+    # property: an image file shorter than its header announces raises DataError naming the file
+    x, _, _, _ = _tiny_mnist(str(tmp_path))
+    path = str(tmp_path / 'mnist' / 'train-images-idx3-ubyte')
+    _write(path, _idx_bytes(x, 2051)[:-7], gz=True)
+    with pytest.raises(data.DataError, match='train-images-idx3-ubyte.gz.*truncated'):
+        data.load_mnist(str(tmp_path), True)
+
+
+def test_data_idx_bad_magic(tmp_path):
+    # property: a label file with the image magic number is refused
+    _, y, _, _ = _tiny_mnist(str(tmp_path))
+    wrong = _idx_bytes(y, 2049).replace((2049).to_bytes(4, 'big'), (2051).to_bytes(4, 'big'), 1)
+    _write(str(tmp_path / 'mnist' / 'train-labels-idx1-ubyte'), wrong, gz=True)
+    with pytest.raises(data.DataError, match='magic number 2049'):
+        data.load_mnist(str(tmp_path), True)
+
+
+def test_data_idx_corrupt_gzip_stream(tmp_path):
+    # property: a gzip stream cut in the middle raises DataError, not EOFError
+    _tiny_mnist(str(tmp_path))
+    path = tmp_path / 'mnist' / 'train-images-idx3-ubyte.gz'
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    with pytest.raises(data.DataError, match='train-images-idx3-ubyte.gz'):
+        data.load_mnist(str(tmp_path), True)
+
+
+def test_data_idx_count_mismatch(tmp_path):
+    # property: images and labels that disagree in count are refused
+    _, y, _, _ = _tiny_mnist(str(tmp_path))
+    _write(str(tmp_path / 'mnist' / 'train-labels-idx1-ubyte'), _idx_bytes(y[:-1], 2049), gz=True)
+    with pytest.raises(data.DataError, match='200 images but .* 199 labels'):
+        data.load_mnist(str(tmp_path), True)
+
+
+def test_data_mnist_missing_files_say_where(tmp_path):
+    # property: missing files give one message naming the files, the folder and download()
+    with pytest.raises(data.DataError) as e:
+        data.load_mnist(str(tmp_path), False)
+    msg = str(e.value)
+    assert 't10k-images-idx3-ubyte.gz' in msg and 't10k-labels-idx1-ubyte.gz' in msg
+    assert os.path.join(str(tmp_path), 'mnist') in msg and 'download("mnist"' in msg
+
+
+# ---------------------------------------------------------------- preprocessing and the split
+
+@pytest.mark.parametrize('k, lo, hi', [(0, -0.8826567065619495, 9.001545489292527),
+                                       (1, -0.6661464580883915, 20.108062262467364)])
+def test_data_mnist_scale_constants_match_reference(k, lo, hi):
+    # property: min/max after GCN of the real class-k training set equal the reference code's constants
+    got = data.one_class_split('mnist', k, root=_DATA).scale
+    assert abs(got[0] - lo) < 1e-6 and abs(got[1] - hi) < 1e-6, got
+
+
+def test_data_split_layout_and_unit_interval(tmp_path):
+    # property: train/test are float32 (N, 1, H, W); the train set spans exactly [0, 1]
+    _tiny_mnist(str(tmp_path))
+    d = data.one_class_split('mnist', 4, root=str(tmp_path))
+    assert d.x_train.shape == (20, 1, 6, 5) and d.x_test.shape == (50, 1, 6, 5)
+    assert d.x_train.dtype == d.x_test.dtype == torch.float32
+    assert d.x_train.min().item() == 0.0 and abs(d.x_train.max().item() - 1.0) < 1e-6
+
+
+def test_data_pollution_fraction_and_origin(tmp_path):
+    # property: anomalies make a fraction p of train (to rounding), come from other classes, are marked
+    _, y, _, _ = _tiny_mnist(str(tmp_path))
+    p = 0.3
+    d = data.one_class_split('mnist', 2, pollution_rate=p, seed=1, root=str(tmp_path))
+    k = int(d.polluted.sum())
+    assert abs(k - p * 20 / (1 - p)) <= 0.5 and len(d.train_index) == 20 + k
+    labels = y[d.train_index.numpy()]
+    assert np.all(labels[d.polluted.numpy()] != 2) and np.all(labels[~d.polluted.numpy()] == 2)
+    assert len(set(d.train_index.tolist())) == 20 + k  # drawn without replacement
+
+
+def test_data_pollution_seed_reproducible(tmp_path):
+    # property: the same seed gives the same split, another seed another polluted set
+    _tiny_mnist(str(tmp_path))
+    split = functools.partial(data.one_class_split, 'mnist', 5, 0.2, root=str(tmp_path))
+    a, b, c = split(seed=3), split(seed=3), split(seed=4)
+    assert torch.equal(a.train_index, b.train_index) and torch.equal(a.x_train, b.x_train)
+    assert not torch.equal(a.train_index[a.polluted], c.train_index[c.polluted])
+
+
+def test_data_y_test_marks_other_classes(tmp_path):
+    # property: y_test is 1 exactly where the test class differs from the normal class
+    _, _, _, y_te = _tiny_mnist(str(tmp_path))
+    d = data.one_class_split('mnist', 7, root=str(tmp_path))
+    assert torch.equal(d.test_classes, torch.from_numpy(y_te))
+    assert torch.equal(d.y_test, (d.test_classes != 7).long()) and d.y_test.dtype == torch.int64
+
+
+@pytest.mark.parametrize('kwargs', [dict(normal_class=10), dict(normal_class=-1), dict(normal_class=1.5),
+                                    dict(normal_class=0, pollution_rate=1.0),
+                                    dict(normal_class=0, pollution_rate=-0.1),
+                                    dict(normal_class=0, pollution_rate=0.99)])
+def test_data_split_bad_arguments_raise_valueerror(tmp_path, kwargs):
+    # property: a class outside 0..9 or a rate outside [0, 1) (or needing too many anomalies) is a ValueError
+    _tiny_mnist(str(tmp_path))
+    with pytest.raises(ValueError):
+        data.one_class_split('mnist', root=str(tmp_path), **kwargs)
+
+
+def test_data_gcn_l1_zero_mean_unit_mean_abs():
+    # property: after gcn_l1 each image has mean 0 and mean |x| 1
+    x = torch.rand(5, 3, 4, 4, dtype=torch.float64) * torch.arange(1, 6, dtype=torch.float64).view(5, 1, 1, 1)
+    z = data.gcn_l1(x)
+    assert z.shape == x.shape
+    assert torch.allclose(z.mean(dim=(1, 2, 3)), torch.zeros(5, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(z.abs().mean(dim=(1, 2, 3)), torch.ones(5, dtype=torch.float64))
+
+
+def test_data_gcn_l1_worked_example():
+    # property: [0, 1, 2, 5] -> mean 2, centred [-2, -1, 0, 3], mean |.| 1.5 -> [-4/3, -2/3, 0, 2]; constant -> 0
+    z = data.gcn_l1(torch.tensor([[[0., 1.], [2., 5.]], [[3., 3.], [3., 3.]]]))
+    assert torch.allclose(z[0].flatten(), torch.tensor([-4 / 3, -2 / 3, 0., 2.]))
+    assert torch.equal(z[1], torch.zeros(2, 2))
+
+
+def test_data_batches_cover_each_index_once():
+    # property: the batches are int64 chunks of batch_size (last shorter) covering 0..n-1 exactly once
+    chunks = list(data.batches(10, 4, torch.Generator().manual_seed(0)))
+    assert [len(c) for c in chunks] == [4, 4, 2] and all(c.dtype == torch.int64 for c in chunks)
+    assert sorted(torch.cat(chunks).tolist()) == list(range(10))
+
+
+# ---------------------------------------------------------------- CIFAR-10 loader
+
+def test_data_cifar_pickles_channel_first(tmp_path):
+    # property: official pickles read as uint8 (N, 3, 32, 32), rows split R, G, B planes; labels int64
+    _tiny_cifar_pickles(str(tmp_path / 'cifar10' / 'cifar-10-batches-py'))
+    x, y = data.load_cifar10(str(tmp_path), True)
+    assert x.shape == (20, 3, 32, 32) and x.dtype == np.uint8 and y.shape == (20,) and y.dtype == np.int64
+    assert x[1, 0].max() == x[1, 0].min() == 11 and x[1, 2].min() == 13  # image 1: R 11, B 13
+    assert y[:4].tolist() == _tiny_cifar_arrays(4, seed=0)[1]
+    assert data.load_cifar10(str(tmp_path), False)[0].shape == (4, 3, 32, 32)
+
+
+def test_data_cifar_binary_records(tmp_path):
+    # property: the binary layout reads to the same arrays as the pickles
+    _tiny_cifar_bins(str(tmp_path / 'bin' / 'cifar10' / 'cifar-10-batches-bin'))
+    _tiny_cifar_pickles(str(tmp_path / 'py' / 'cifar10' / 'cifar-10-batches-py'))
+    for train in (True, False):
+        xb, yb = data.load_cifar10(str(tmp_path / 'bin'), train)
+        xp, yp = data.load_cifar10(str(tmp_path / 'py'), train)
+        assert np.array_equal(xb, xp) and np.array_equal(yb, yp)
+
+
+def test_data_cifar_binary_bad_size(tmp_path):
+    # property: a .bin file that is not whole 3073-byte records is refused
+    folder = tmp_path / 'cifar10' / 'cifar-10-batches-bin'
+    _tiny_cifar_bins(str(folder))
+    (folder / 'test_batch.bin').write_bytes((folder / 'test_batch.bin').read_bytes()[:-1])
+    with pytest.raises(data.DataError, match='test_batch.bin.*3073'):
+        data.load_cifar10(str(tmp_path), False)
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
+def test_data_cifar_unpickler_refuses_code(tmp_path):
+    # property: a pickle that would call os.system is refused and nothing runs
+    folder = tmp_path / 'cifar10' / 'cifar-10-batches-py'
+    _tiny_cifar_pickles(str(folder))
+    marker = tmp_path / 'pwned'
+    with open(folder / 'test_batch', 'wb') as f:
+        pickle.dump({b'data': _Evil(marker), b'labels': []}, f, protocol=4)
+    with pytest.raises(data.DataError, match='refusing to unpickle .*system from .*test_batch'):
+        data.load_cifar10(str(tmp_path), False)
+    assert not marker.exists()
+
+
+def test_data_cifar_unpickler_admits_numpy1_and_numpy2_names():
+    # property: the official files' NumPy 1 name and the NumPy 2 one resolve to the same array rebuilder
+    u = data._NumpyOnlyUnpickler(io.BytesIO(b''), 'x')
+    assert u.find_class('numpy.core.multiarray', '_reconstruct') is u.find_class('numpy._core.multiarray',
+                                                                                  '_reconstruct')
+    assert u.find_class('numpy', 'ndarray') is np.ndarray and u.find_class('numpy', 'dtype') is np.dtype
+
+
+def test_data_cifar_split_layout(tmp_path):
+    # property: the CIFAR split is float32 (n, 3, 32, 32) holding only the normal class
+    _tiny_cifar_pickles(str(tmp_path / 'cifar10' / 'cifar-10-batches-py'))
+    x, y = data.load_cifar10(str(tmp_path), True)
+    k = int(y[0])
+    d = data.one_class_split('cifar10', k, root=str(tmp_path))
+    assert d.x_train.shape == (int((y == k).sum()), 3, 32, 32) and d.x_train.dtype == torch.float32
+    assert d.x_test.shape == (4, 3, 32, 32)
+
+
+# ---------------------------------------------------------------- download
+
+def test_data_download_fetches_and_verifies_mnist(tmp_path):
+    # property: the four official files are fetched from a mirror, verified, and then load
+    served = tmp_path / 'served'
+    shutil.copytree(os.path.join(_DATA, 'mnist'), served)
+    with _serve(served) as url:
+        data.download('mnist', str(tmp_path / 'root'), mirrors=[url])
+    assert sorted(os.listdir(tmp_path / 'root' / 'mnist')) == sorted(data.MNIST_FILES)
+    assert data.load_mnist(str(tmp_path / 'root'), False)[0].shape == (10000, 28, 28)
+
+
+def test_data_download_skips_verified_files(tmp_path):
+    # property: files already present with the published MD5 are not fetched again
+    shutil.copytree(os.path.join(_DATA, 'mnist'), tmp_path / 'mnist')
+    data.download('mnist', str(tmp_path), mirrors=[_closed_port_url()])  # would fail if it tried
+
+
+def test_data_download_falls_back_to_next_mirror(tmp_path, monkeypatch):
+    # property: a dead first mirror is skipped and the next one serves the file
+    payload = b'tiny file'
+    (tmp_path / 'served').mkdir()
+    (tmp_path / 'served' / 'a.gz').write_bytes(payload)
+    monkeypatch.setattr(data, 'MNIST_FILES', {'a.gz': _md5(payload)})
+    with _serve(tmp_path / 'served') as url:
+        data.download('mnist', str(tmp_path / 'root'), mirrors=[_closed_port_url(), url])
+    assert (tmp_path / 'root' / 'mnist' / 'a.gz').read_bytes() == payload
+
+
+def test_data_download_wrong_checksum_refused(tmp_path, monkeypatch):
+    # property: a file whose MD5 differs is refused: DataError, no final file, no .part file
+    (tmp_path / 'served').mkdir()
+    (tmp_path / 'served' / 'a.gz').write_bytes(b'tampered')
+    monkeypatch.setattr(data, 'MNIST_FILES', {'a.gz': _md5(b'original')})
+    with _serve(tmp_path / 'served') as url, pytest.raises(data.DataError, match='MD5'):
+        data.download('mnist', str(tmp_path / 'root'), mirrors=[url])
+    assert os.listdir(tmp_path / 'root' / 'mnist') == []
+
+
+def test_data_download_truncated_transfer_refused(tmp_path, monkeypatch):
+    # property: fewer bytes than Content-Length is refused even if the MD5 of what came matches
+    monkeypatch.setattr(data, 'MNIST_FILES', {'a.gz': _md5(b'0123456789')})
+    with _serve(handler=_CutHandler) as url, pytest.raises(data.DataError, match='10 of 1000 bytes'):
+        data.download('mnist', str(tmp_path / 'root'), mirrors=[url])
+    assert os.listdir(tmp_path / 'root' / 'mnist') == []
+
+
+def test_data_download_no_server_says_what_to_put_where(tmp_path):
+    # property: with every mirror down the message names the missing files, the folder and the URLs
+    url = _closed_port_url()
+    with pytest.raises(data.DataError) as e:
+        data.download('mnist', str(tmp_path), mirrors=[url], timeout=5)
+    msg = str(e.value)
+    assert all(name in msg for name in data.MNIST_FILES)
+    assert os.path.join(str(tmp_path), 'mnist') in msg and url + 'train-images-idx3-ubyte.gz' in msg
+
+
+def test_data_download_cifar_extracts_batches(tmp_path, monkeypatch):
+    # property: a verified archive is extracted to <root>/cifar10/cifar-10-batches-py and then loads
+    _tiny_cifar_pickles(str(tmp_path / 'src' / 'cifar-10-batches-py'))
+    (tmp_path / 'served').mkdir()
+    archive = tmp_path / 'served' / 'cifar-10-python.tar.gz'
+    with tarfile.open(archive, 'w:gz') as tar:
+        tar.add(tmp_path / 'src' / 'cifar-10-batches-py', arcname='cifar-10-batches-py')
+    monkeypatch.setattr(data, 'CIFAR_FILES', {archive.name: _md5(archive.read_bytes())})
+    with _serve(tmp_path / 'served') as url:
+        data.download('cifar10', str(tmp_path / 'root'), mirrors=[url])
+    assert data.load_cifar10(str(tmp_path / 'root'), True)[0].shape == (20, 3, 32, 32)
+
+
+@pytest.mark.parametrize('bad', ['escape', 'symlink'])
+def test_data_download_tar_refuses_unsafe_members(tmp_path, monkeypatch, bad):
+    # property: a tar member '../evil' or a symlink is refused before anything is written
+    info = tarfile.TarInfo('cifar-10-batches-py/link' if bad == 'symlink' else '../evil')
+    if bad == 'symlink':
+        info.type, info.linkname = tarfile.SYMTYPE, '/etc/passwd'
+    safe = tarfile.TarInfo('cifar-10-batches-py/test_batch')
+    (tmp_path / 'served').mkdir()
+    archive = tmp_path / 'served' / 'cifar-10-python.tar.gz'
+    _targz(archive, [(safe, b'x'), (info, None if bad == 'symlink' else b'evil')])
+    monkeypatch.setattr(data, 'CIFAR_FILES', {archive.name: _md5(archive.read_bytes())})
+    with _serve(tmp_path / 'served') as url, pytest.raises(data.DataError, match='refusing to extract'):
+        data.download('cifar10', str(tmp_path / 'root'), mirrors=[url])
+    assert sorted(os.listdir(tmp_path / 'root' / 'cifar10')) == [archive.name]  # nothing extracted
+    assert not (tmp_path / 'root' / 'evil').exists() and not (tmp_path / 'evil').exists()
+
+
+# ---------------------------------------------------------------- end to end on real CIFAR-10 (JPEG copy)
+
+def test_data_cifar_real_end_to_end(_cifar_root):
+    # property (end-to-end, ~5 s): real CIFAR-10 shapes, class counts, and the airplane constants (loosely)
+    x, y = data.load_cifar10(_cifar_root, True)
+    assert x.shape == (50000, 3, 32, 32) and np.bincount(y).tolist() == [5000] * 10
+    x, y = data.load_cifar10(_cifar_root, False)
+    assert x.shape == (10000, 3, 32, 32) and np.bincount(y).tolist() == [1000] * 10
+    lo, hi = data.one_class_split('cifar10', 0, root=_cifar_root).scale
+    print(f'CIFAR-10 airplane (JPEG copy): min {lo}, max {hi}; reference -28.94083453598571, 13.802961825439636')
+    # JPEG (q75) smooths single-pixel outliers, and the min is one dark pixel on a near-flat image (measured
+    # on this copy: -22.81, 21% off), while the max lands within 1% (13.72); hence the loose bounds
+    assert abs(lo - -28.94083453598571) < 0.3 * 28.94083453598571
+    assert abs(hi - 13.802961825439636) < 0.1 * 13.802961825439636
+
+
+# ============================================================ evaluate.py
+
+
+
+
+def _pairwise_auroc(y, s):
+    """Oracle, eq. (1) of evaluate.py over all anomaly-normal pairs, O(n^2)."""
+    d = s[y == 1][:, None] - s[y == 0][None, :]              # (n_1, n_0) score differences
+    return float(np.mean((d > 0) + 0.5 * (d == 0)))
+
+
+def _tied_sample(seed, n=300):
+    """Integer scores in 0..5 (many ties), about 30% anomalies that score a little higher on average."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.3).astype(int)
+    s = np.clip(rng.integers(0, 5, n) + y * rng.integers(0, 2, n), 0, 5).astype(float)
+    return y, s
+
+
+# Hand example with a tie between an anomaly and a normal at 0.8.
+_Y = [1, 0, 1, 1, 0]
+_S = [0.9, 0.8, 0.8, 0.5, 0.1]
+
+
+def test_eval_auroc_matches_pairwise_definition_with_ties():
+    # property: rank-based AUROC == the O(n^2) pair count, ties counting one half
+    for seed in range(5):
+        y, s = _tied_sample(seed)
+        assert evaluate.auroc(y, s) == pytest.approx(_pairwise_auroc(y, s), abs=1e-12)
+
+
+def test_eval_auroc_hand_example():
+    # property: worked example; anomalies {.9,.8,.5} vs normals {.8,.1}: pairs won 1+1, .5+1, 0+1 -> 4.5/6
+    assert evaluate.auroc(_Y, _S) == pytest.approx(0.75)
+
+
+def test_eval_auroc_perfect_separation_is_1():
+    # property: every anomaly above every normal -> 1
+    assert evaluate.auroc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
+
+
+def test_eval_auroc_reversed_is_0():
+    # property: every anomaly below every normal (a flipped score sign) -> 0
+    assert evaluate.auroc([1, 1, 0, 0], [0.1, 0.2, 0.3, 0.4]) == 0.0
+
+
+def test_eval_auroc_all_tied_is_half():
+    # property: a constant score cannot rank -> 0.5
+    assert evaluate.auroc([0, 1, 0, 1, 1], [3.0] * 5) == 0.5
+
+
+def test_eval_auroc_single_class_raises():
+    # property: AUROC is undefined with one class, and says so
+    with pytest.raises(ValueError, match='both normal'):
+        evaluate.auroc([0, 0, 0], [0.1, 0.2, 0.3])
+
+
+def test_eval_auroc_nan_raises():
+    # property: a NaN score is an error, not a silently wrong rank
+    with pytest.raises(ValueError, match='NaN'):
+        evaluate.auroc([0, 1, 0], [0.1, np.nan, 0.3])
+
+
+def test_eval_auroc_length_mismatch_raises():
+    # property: labels and scores must pair up
+    with pytest.raises(ValueError, match='same length'):
+        evaluate.auroc([0, 1, 0], [0.1, 0.2])
+
+
+def test_eval_auroc_rejects_labels_other_than_0_1():
+    # property: labels are 0 (normal) / 1 (anomaly) only, e.g. not raw class ids
+    with pytest.raises(ValueError, match='0 \\(normal\\) or 1'):
+        evaluate.auroc([0, 1, 2], [0.1, 0.2, 0.3])
+
+
+def test_eval_roc_trapezoid_area_equals_auroc():
+    # property: trapezoid area under roc_curve == auroc (ties are diagonal steps)
+    for seed in range(5):
+        y, s = _tied_sample(seed)
+        fpr, tpr, _ = evaluate.roc_curve(y, s)
+        area = np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)
+        assert area == pytest.approx(evaluate.auroc(y, s), abs=1e-12)
+
+
+def test_eval_roc_curve_one_point_per_distinct_score():
+    # property: starts at (0, 0), ends at (1, 1), thresholds strictly decreasing, one point per distinct score
+    fpr, tpr, t = evaluate.roc_curve(_Y, _S)
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
+    assert np.all(np.diff(t) < 0) and len(t) == 1 + len(set(_S))
+
+
+def test_eval_average_precision_hand_example():
+    # property: worked example of AP = sum_k (R_k - R_{k-1}) P_k, the tie at 0.8 being one threshold:
+    #   t=0.9: TP=1 FP=0 -> P=1,   R=1/3
+    #   t=0.8: TP=2 FP=1 -> P=2/3, R=2/3
+    #   t=0.5: TP=3 FP=1 -> P=3/4, R=1
+    #   t=0.1: TP=3 FP=2 -> P=3/5, R=1   (recall does not grow: adds 0)
+    #   AP = 1/3 * 1 + 1/3 * 2/3 + 1/3 * 3/4 = 12/36 + 8/36 + 9/36 = 29/36
+    assert evaluate.average_precision(_Y, _S) == pytest.approx(29 / 36)
+
+
+def test_eval_average_precision_perfect_ranking_is_1():
+    # property: all anomalies ranked above all normals -> AP = 1
+    assert evaluate.average_precision([0, 1, 0, 1, 0], [0.1, 0.9, 0.2, 0.8, 0.3]) == pytest.approx(1.0)
+
+
+def test_eval_average_precision_ignores_order_within_ties():
+    # property: tied scores form one threshold, so shuffling the input does not change AP
+    y, s = _tied_sample(0)
+    perm = np.random.default_rng(1).permutation(len(y))
+    assert evaluate.average_precision(y[perm], s[perm]) == pytest.approx(evaluate.average_precision(y, s))
+
+
+def test_eval_summarize_counts_and_metrics():
+    # property: summarize reports the same numbers as the metric functions, plus the class counts
+    m = evaluate.summarize(_Y, _S)
+    assert m == {'auroc': pytest.approx(0.75), 'average_precision': pytest.approx(29 / 36),
+                 'n_normal': 2, 'n_anomalous': 3}
+
+
+def _assert_png_and_closed(path):
+    import matplotlib.pyplot as plt
+    assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert plt.get_fignums() == []
+
+
+def _small_scored_set(n_normal=12, n_anomalous=8):
+    y = np.r_[np.zeros(n_normal, int), np.ones(n_anomalous, int)]
+    return y, np.random.default_rng(0).random(y.size) + y
+
+
+def test_eval_plot_history_writes_png(tmp_path):
+    # property: plot_history writes a PNG (parent folders created), skips empty stages, closes its figure
+    histories = {'svdd': [{'epoch': e, 'loss': 2 / e, 'lr': 1e-3, 'R': 0.1 * e} for e in (1, 2, 3)], 'empty': []}
+    _assert_png_and_closed(evaluate.plot_history(histories, tmp_path / 'a' / 'b' / 'history.png'))
+
+
+def test_eval_plot_score_hist_writes_png(tmp_path):
+    # property: plot_score_hist writes a PNG and closes its figure
+    y, s = _small_scored_set()
+    _assert_png_and_closed(evaluate.plot_score_hist(y, s, tmp_path / 'hist.png', title='t'))
+
+
+def test_eval_plot_roc_pr_writes_png(tmp_path):
+    # property: plot_roc_pr writes a PNG and closes its figure
+    y, s = _small_scored_set()
+    _assert_png_and_closed(evaluate.plot_roc_pr(y, s, tmp_path / 'roc_pr.png'))
+
+
+def test_eval_plot_extremes_writes_png_gray(tmp_path):
+    # property: plot_extremes writes a PNG for 1-channel images in any range and closes its figure
+    y, s = _small_scored_set()
+    images = np.random.default_rng(1).normal(size=(y.size, 1, 5, 5))      # min-maxed per image for display
+    _assert_png_and_closed(evaluate.plot_extremes(images, s, y, tmp_path / 'gray.png', k=3))
+
+
+def test_eval_plot_extremes_writes_png_rgb(tmp_path):
+    # property: plot_extremes writes a PNG for 3-channel (C, H, W) images and closes its figure
+    y, s = _small_scored_set()
+    images = np.random.default_rng(1).normal(size=(y.size, 3, 5, 5))
+    _assert_png_and_closed(evaluate.plot_extremes(images, s, y, tmp_path / 'rgb.png', k=2))
+
+
+# ============================================================ models
+
+def _images(n=64, seed=0, shape=(1, 28, 28)):
+    return torch.rand((n, *shape), generator=torch.Generator().manual_seed(seed))
+
+
+class _Identity(nn.Module):
+    """A stand-in phi whose output is its input: phi(x) = x, rep_dim = x's width."""
+
+    def __init__(self, rep_dim=None):
+        super().__init__()
+        self.rep_dim = rep_dim
+
+    def forward(self, x):
+        return x
+
+
+# ------------------------------------------------------------------ ae.py
+
+@pytest.mark.parametrize("dataset,shape,rep_dim", [("mnist", (1, 28, 28), 32), ("cifar10", (3, 32, 32), 128)])
+def test_ae_shapes(dataset, shape, rep_dim):
+    # property: the AE reconstructs the input's shape; the encoder alone returns z (B, rep_dim)
+    model = ae.build_autoencoder(dataset)
+    x = _images(4, shape=shape)
+    assert model(x).shape == x.shape
+    assert model.encoder(x).shape == (4, rep_dim)
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_ae_has_no_bias(dataset):
+    # property: not one parameter named or shaped like a bias (Deep SVDD Prop. 2)
+    for name, p in ae.build_autoencoder(dataset).named_parameters():
+        assert "bias" not in name and p.dim() >= 2, name
+
+
+def test_ae_encoder_state_loads_into_phi():
+    # property: the encoder's state dict, BN running statistics included, loads into a stand-alone phi
+    torch.manual_seed(0)
+    model = ae.build_autoencoder("mnist")
+    ae.train_autoencoder(model, _images(40), epochs=1, batch_size=20, verbose=False)
+    assert "bn1.running_mean" in model.encoder.state_dict()
+    phi = ae.build_encoder("mnist")
+    phi.load_state_dict(model.encoder.state_dict())                  # strict: every key matches
+    x = _images(8, seed=1)
+    assert torch.equal(ae.encode(phi, x), ae.encode(model.encoder, x))
+    assert torch.equal(ae.encode(ae.encoder_copy(model), x), ae.encode(phi, x))
+
+
+def test_ae_reconstruction_scores_are_per_sample_squared_error():
+    # property: s(x) = sum over C,H,W of (x - ae(x))^2, one value per image
+    torch.manual_seed(0)
+    model = ae.build_autoencoder("mnist")
+    x = _images(5)
+    expected = ((ae.reconstruct(model, x) - x) ** 2).sum(dim=(1, 2, 3))
+    assert torch.allclose(ae.reconstruction_scores(model, x, batch_size=2), expected)
+
+
+def test_ae_real_mnist_training_lowers_loss_and_detects():
+    # end-to-end, real MNIST: a short training run lowers the loss and its score ranks anomalies higher
+    d = data.one_class_split("mnist", 0, root=os.path.join(HERE, "data"))
+    torch.manual_seed(0)
+    model = ae.build_autoencoder("mnist")
+    hist = ae.train_autoencoder(model, d.x_train[:2000], epochs=5, lr=1e-3, verbose=False)
+    assert hist[-1]["loss"] < 0.5 * hist[0]["loss"]
+    scores = ae.reconstruction_scores(model, d.x_test[:3000])
+    assert evaluate.auroc(d.y_test[:3000].numpy(), scores.numpy()) > 0.75
+
+
+# ------------------------------------------------------------------ rcae.py
+
+def test_rcae_soft_threshold_hand_values():
+    # property: S_1(b) = sign(b) max(|b| - 1, 0), by hand
+    b = torch.tensor([-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.5])
+    assert torch.equal(rcae.soft_threshold(b, 1.0), torch.tensor([-2.0, 0, 0, 0, 0, 0, 1.5]))
+
+
+def test_rcae_huge_lambda_is_the_plain_autoencoder():
+    # property: lambda -> infinity keeps N = 0, and RCAE trains exactly like the AE (same seed, same weights)
+    x = _images(40)
+    torch.manual_seed(0)
+    plain = ae.build_autoencoder("mnist")
+    ae.train_autoencoder(plain, x, epochs=4, batch_size=16, milestones=(2,), verbose=False)
+    torch.manual_seed(0)
+    robust, N, hist = rcae.train_rcae(ae.build_autoencoder("mnist"), x, lam=1e9, outer_iters=2,
+                                      epochs_per_iter=2, batch_size=16, milestones=(2,), verbose=False)
+    assert torch.count_nonzero(N) == 0 and hist[-1]["N_nonzero"] == 0
+    for (name, a), b in zip(plain.state_dict().items(), robust.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_rcae_zero_lambda_absorbs_the_whole_residual():
+    # property: lambda = 0 makes N = X - AE(X) exactly
+    torch.manual_seed(0)
+    x = _images(20)
+    model, N, _ = rcae.train_rcae(ae.build_autoencoder("mnist"), x, lam=0.0, outer_iters=1,
+                                  epochs_per_iter=1, batch_size=10, verbose=False)
+    assert torch.equal(N, x - ae.reconstruct(model, x))
+
+
+def test_rcae_history_records_each_outer_iteration():
+    # property: every outer iteration logs the reconstruction loss, ||N||_1 and N's non-zero fraction
+    torch.manual_seed(0)
+    _, N, hist = rcae.train_rcae(ae.build_autoencoder("mnist"), _images(20), lam=0.5, outer_iters=3,
+                                 epochs_per_iter=1, batch_size=10, verbose=False)
+    outer = [h for h in hist if "outer" in h]
+    assert [h["outer"] for h in outer] == [1, 2, 3]
+    assert outer[-1]["N_l1"] == pytest.approx(N.abs().sum().item(), rel=1e-5)
+    assert 0 <= outer[-1]["N_nonzero"] <= 1 and outer[-1]["recon"] > 0
+
+
+# ------------------------------------------------------------------ svdd.py
+
+def test_svdd_center_rule_hand_values():
+    # property: c = mean phi(x); |c_j| < 0.1 becomes +-0.1 keeping its sign, an exact 0 becomes +0.1
+    z = torch.tensor([[0.10, -0.10, 0.0, 1.0, -0.2, 0.03],
+                      [0.00, 0.00, 0.0, 0.0, -0.4, -0.13]])     # means: .05 -.05 0 .5 -.3 -.05
+    c = svdd.init_center(_Identity(), z)
+    assert torch.allclose(c, torch.tensor([0.1, -0.1, 0.1, 0.5, -0.3, -0.1]))
+
+
+def test_svdd_phi_has_no_bias_and_unbounded_output():
+    # property: phi has no bias and no bounded output (Prop. 2 and 3): outputs grow with the input
+    phi = ae.build_encoder("mnist")
+    assert all("bias" not in n for n, _ in phi.named_parameters())
+    phi.eval()
+    with torch.no_grad():
+        small, large = phi(_images(4)).abs().max(), phi(1000 * _images(4)).abs().max()
+    assert large > 100 * small
+
+
+def test_svdd_losses_hand_values():
+    # property: eq. (4) is the mean squared distance; eq. (3) is R^2 + mean slack / nu
+    dist2 = torch.tensor([1.0, 4.0, 9.0, 16.0])
+    assert svdd.one_class_loss(dist2).item() == pytest.approx(7.5)
+    # R = 2: slack max(0, d - 4) = 0, 0, 5, 12 -> mean 4.25; / nu 0.5 = 8.5; + R^2 4 = 12.5
+    assert svdd.soft_boundary_loss(dist2, 2.0, 0.5).item() == pytest.approx(12.5)
+
+
+@pytest.mark.parametrize("nu", [0.01, 0.1, 0.33, 1.0])
+def test_svdd_radius_satisfies_nu_property(nu):
+    # property (Prop. 4): frac(d > R) <= nu <= frac(d >= R), also with ties
+    d = torch.randint(0, 20, (997,), generator=torch.Generator().manual_seed(1)).float()
+    R = svdd.radius_from_quantile(d, nu)
+    assert (d > R).float().mean() <= nu <= (d >= R).float().mean()
+
+
+@pytest.mark.parametrize("objective", ["one-class", "soft-boundary"])
+def test_svdd_training_moves_weights_and_scores_vary(objective):
+    # property (collapse guard): training changes phi's parameters and the scores are not constant
+    torch.manual_seed(0)
+    phi = ae.build_encoder("mnist")
+    before = [p.detach().clone() for p in phi.parameters()]
+    x = _images(60)
+    c, R, hist = svdd.train_svdd(phi, x, objective=objective, epochs=3, warmup=1, lr=1e-3,
+                                 batch_size=20, verbose=False)
+    assert all(not torch.equal(a, b) for a, b in zip(before, phi.parameters()))
+    assert svdd.svdd_scores(phi, c, _images(30, seed=2), R).std() > 1e-6
+
+
+def test_svdd_soft_boundary_nu_property_after_training():
+    # property (Prop. 4) after soft-boundary training: at most about nu of the training points lie outside
+    torch.manual_seed(0)
+    phi, x, nu = ae.build_encoder("mnist"), _images(100), 0.1
+    c, R, hist = svdd.train_svdd(phi, x, objective="soft-boundary", nu=nu, epochs=4, warmup=2, lr=1e-3,
+                                 batch_size=25, verbose=False)
+    dist = svdd.svdd_scores(phi, c, x).sqrt()
+    assert R > 0 and (dist > R).float().mean() <= nu
+    assert hist[-1]["frac_out"] <= nu
+
+
+def test_svdd_score_sign():
+    # property: a point farther from c scores higher; soft-boundary subtracts R^2
+    c = torch.tensor([1.0, 1.0])
+    x = torch.tensor([[1.0, 1.5], [4.0, 5.0]])
+    s = svdd.svdd_scores(_Identity(), c, x, R=0.5)
+    assert torch.allclose(s, torch.tensor([0.25 - 0.25, 25.0 - 0.25]))
+
+
+# ------------------------------------------------------------------ ocnn.py
+
+def test_ocnn_loss_hand_values():
+    # property: 1/2||w||^2 + 1/2||V||_F^2 + 1/nu mean max(0, r - y) - r, by hand
+    head = ocnn.OCNN(rep_dim=2, hidden=2)
+    with torch.no_grad():
+        head.V.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))     # ||V||_F^2 = 5
+        head.w.weight.copy_(torch.tensor([[1.0, -1.0]]))                # ||w||^2 = 2
+    y = head(torch.tensor([[1.0, 1.0], [3.0, 0.0]]))                    # V z = (1,2),(3,0) -> y = -1, 3
+    assert torch.allclose(y, torch.tensor([-1.0, 3.0]))
+    # r = 1: hinge max(0, 2), max(0, -2) -> mean 1; / nu 0.5 = 2; total 1 + 2.5 + 2 - 1 = 4.5
+    assert ocnn.ocnn_loss(y, 1.0, head, 0.5).item() == pytest.approx(4.5)
+
+
+def test_ocnn_head_has_no_bias():
+    # property: V and w carry no bias
+    for act in ocnn.ACTIVATIONS:
+        assert [n for n, _ in ocnn.OCNN(8, activation=act).named_parameters()] == ["V.weight", "w.weight"]
+
+
+@pytest.mark.parametrize("nu", [0.01, 0.1, 0.5])
+def test_ocnn_r_is_the_nu_quantile(nu):
+    # property: after an r update, frac(y < r) <= nu <= frac(y <= r), ties included
+    y = torch.randint(-10, 10, (1001,), generator=torch.Generator().manual_seed(2)).float()
+    r = ocnn.update_r(y, nu)
+    assert (y < r).float().mean() <= nu <= (y <= r).float().mean()
+
+
+def test_ocnn_z_only_freezes_encoder_and_joint_trains_it():
+    # property: z-only leaves every encoder parameter and buffer unchanged; joint changes them
+    x = _images(40)
+    for joint in (False, True):
+        torch.manual_seed(0)
+        enc = ae.build_encoder("mnist")
+        before = {k: v.clone() for k, v in enc.state_dict().items()}
+        head, r, hist = ocnn.train_ocnn(enc, x, joint=joint, nu=0.1, epochs=2, encoder_lr=1e-3,
+                                        batch_size=20, verbose=False)
+        changed = [not torch.equal(before[k], v) for k, v in enc.state_dict().items()]
+        assert any(changed) if joint else not any(changed)
+        assert hist[-1]["frac_below"] <= 0.1
+
+
+def test_ocnn_score_sign():
+    # property: s = r - y_hat, so a lower output scores as more anomalous
+    head = ocnn.OCNN(rep_dim=2, hidden=2)
+    with torch.no_grad():
+        head.V.weight.copy_(torch.eye(2))
+        head.w.weight.copy_(torch.tensor([[1.0, 1.0]]))
+    s = ocnn.ocnn_scores(_Identity(), head, 1.0, torch.tensor([[2.0, 2.0], [0.0, -1.0]]))
+    assert torch.allclose(s, torch.tensor([1.0 - 4.0, 1.0 + 1.0]))
+
+
+# ============================================================ run.py
+
+def _write_idx_gz(path, array, magic):
+    """An IDX file as the MNIST authors write them: magic, dims (big-endian int32), then the bytes."""
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(">i", magic) + b"".join(struct.pack(">i", n) for n in array.shape))
+        f.write(array.astype(np.uint8).tobytes())
+
+
+def _tiny_mnist_root(root, n_train=300, n_test=200):
+    """A synthetic MNIST-format data set: class k is a bright square at a position that depends on k."""
+    rng = np.random.default_rng(0)
+    os.makedirs(os.path.join(root, "mnist"))
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 60, (n, 28, 28))
+        for i, k in enumerate(labels):
+            images[i, 2 * k:2 * k + 8, 4:12] = 255
+        _write_idx_gz(os.path.join(root, "mnist", f"{prefix}-images-idx3-ubyte.gz"), images, 2051)
+        _write_idx_gz(os.path.join(root, "mnist", f"{prefix}-labels-idx1-ubyte.gz"), labels, 2049)
+    return root
+
+
+FAST = ["--ae-epochs", "2", "--svdd-epochs", "2", "--ocnn-epochs", "2", "--batch-size", "16",
+        "--svdd-warmup", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    return _tiny_mnist_root(str(tmp_path_factory.mktemp("tinydata")))
+
+
+def test_run_end_to_end_writes_every_output(tiny_root, tmp_path):
+    # property: one run writes every output file and a valid metrics.json, last
+    m = run.main(["--data-root", tiny_root, "--out", str(tmp_path), "--objective", "soft-svdd"] + FAST)
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.name != "ae-cache"]
+    for name in ["config.json", "history.json", "scores.csv", "model.pt", "metrics.json",
+                 "plots/training.png", "plots/score_hist.png", "plots/roc_pr.png", "plots/extremes.png"]:
+        assert (run_dir / name).stat().st_size > 0, name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0 <= metrics["auroc"] <= 1 and metrics["auroc"] == m["auroc"]
+    saved = torch.load(run_dir / "model.pt", weights_only=True)
+    assert {"config", "ae", "phi", "c", "R"} <= set(saved)
+    assert len((run_dir / "scores.csv").read_text().splitlines()) == 201
+
+
+def test_run_same_seed_same_scores(tiny_root, tmp_path):
+    # property: the same seed gives the same scores (with and without the autoencoder cache)
+    args = ["--data-root", tiny_root, "--objective", "ocnn", "--joint"] + FAST
+    a = run.main(args + ["--out", str(tmp_path / "a")])
+    b = run.main(args + ["--out", str(tmp_path / "a")])              # pretraining now from the cache
+    c = run.main(args + ["--out", str(tmp_path / "c")])              # fresh pretraining
+    assert a["auroc"] == b["auroc"] == c["auroc"]
+    scores = [sorted((tmp_path / o).glob("*/scores.csv"))[0].read_text() for o in ("a", "c")]
+    assert scores[0] == scores[1]
+
+
+def test_run_sweep_resumes_and_summarises(tiny_root, tmp_path, capsys):
+    # property: a sweep writes a summary, and started again it skips the finished runs
+    args = ["--data-root", tiny_root, "--out", str(tmp_path), "--objective", "ae",
+            "--normal-class", "all", "--seeds", "0"] + FAST[:2] + FAST[-1:] + ["--batch-size", "64"]
+    first = run.main(args)
+    (folder,) = tmp_path.glob("sweep-*")
+    assert len(first) == 10 and (folder / "summary.csv").exists() and (folder / "summary.md").exists()
+    capsys.readouterr()
+    again = run.main(args)
+    assert capsys.readouterr().out.count("skipping") == 10
+    assert [m["auroc"] for m in again] == [m["auroc"] for m in first]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--objective", "kmeans"], "invalid choice"),
+    (["--nu", "0"], "--nu must lie in (0, 1]"),
+    (["--nu", "1.5"], "--nu must lie in (0, 1]"),
+    (["--normal-class", "10"], "--normal-class must be 0..9"),
+    (["--pollution-rate", "1"], "--pollution-rate must lie in [0, 1)"),
+])
+def test_run_bad_flag_exits_nonzero_with_message(argv, message, capsys):
+    # property: a bad flag value ends in a one-sentence message and a non-zero exit, before any work
+    with pytest.raises(SystemExit) as e:
+        run.main(argv)
+    assert e.value.code != 0 and message in capsys.readouterr().err
+
+
+def test_run_missing_data_without_network_says_where(tmp_path, monkeypatch, capsys):
+    # property: missing data and a failed download end in a clear message and exit status 1
+    def no_network(name, root):
+        raise run.data.DataError(f"could not download {name}: no network; put the files in {root}/mnist/")
+    monkeypatch.setattr(run.data, "download", no_network)
+    with pytest.raises(SystemExit) as e:
+        run.main(["--data-root", str(tmp_path / "empty"), "--out", str(tmp_path)] + FAST)
+    assert e.value.code == 1 and "mnist" in capsys.readouterr().err
