@@ -190,16 +190,21 @@ def plot_history(histories, path):
 
 
 def plot_score_hist(labels, scores, path, title=''):
-    """Overlaid density histograms of normal and anomalous test scores, on shared bins."""
+    """Overlaid histograms of normal and anomalous test scores (each group sums to 1), on shared bins."""
     y, s = _check(labels, scores, 'plot_score_hist', both_classes=False)
-    bins = np.histogram_bin_edges(s, bins=int(np.clip(np.sqrt(s.size), 10, 60)))
+    n_bins = int(np.clip(np.sqrt(s.size), 10, 60))
+    # Distances span decades (most normals near 0, a long anomalous tail): then log-spaced bins on a log axis.
+    log = bool(np.all(s > 0)) and np.percentile(s, 99) > 30 * np.percentile(s, 1)
+    bins = np.geomspace(s.min(), s.max(), n_bins + 1) if log else np.histogram_bin_edges(s, bins=n_bins)
     fig, ax = plt.subplots(figsize=(6.4, 4.2), layout='constrained')
+    if log:
+        ax.set_xscale('log')
     for value, name, color in ((0, 'normal', 'tab:blue'), (1, 'anomalous', 'tab:red')):
         part = s[y == value]
         if part.size:
-            ax.hist(part, bins=bins, density=True, alpha=0.5, color=color, edgecolor=color,
+            ax.hist(part, bins=bins, weights=np.full(part.size, 1 / part.size), alpha=0.5, color=color, edgecolor=color,
                     label=f'{name} (n = {part.size})')
-    ax.set(xlabel='anomaly score (higher = more anomalous)', ylabel='density',
+    ax.set(xlabel='anomaly score (higher = more anomalous)' + (', log scale' if log else ''), ylabel='fraction of the group per bin',
            title=title or 'test scores by true label')
     ax.legend()
     ax.grid(alpha=0.3)

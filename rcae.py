@@ -49,6 +49,12 @@ def soft_threshold(x, t):
     return torch.sign(x) * torch.clamp(x.abs() - t, min=0)
 
 
+def n_step(ae, x, lam):
+    """(b) N <- S_{lam/2}(X - AE(X)), the closed-form minimiser over N; returns (N, residual X - AE(X))."""
+    residual = x - ae_lib.reconstruct(ae, x)                          # (n, C, H, W)  X - AE(X)
+    return soft_threshold(residual, lam / 2), residual                # sparse: only large residuals survive
+
+
 def train_rcae(ae, x, *, lam=0.1, outer_iters=5, epochs_per_iter=30, lr=1e-4, weight_decay=0.5e-3,
                milestones=(50,), batch_size=200, seed=0, verbose=True, stage="pretrain rcae"):
     """Alternate E autoencoder epochs on X - N with the N-step N <- S_{lam/2}(X - AE(X)), T times.
@@ -74,8 +80,7 @@ def train_rcae(ae, x, *, lam=0.1, outer_iters=5, epochs_per_iter=30, lr=1e-4, we
         scheduler.step()
         if epoch % epochs_per_iter == 0:
             # (b) N-step: the closed-form minimiser of ||X - AE(X) - N||^2 + lam ||N||_1 over N.
-            residual = x - ae_lib.reconstruct(ae, x)                  # (n, C, H, W)  X - AE(X)
-            N = soft_threshold(residual, lam / 2)                     # sparse: only large residuals survive
+            N, residual = n_step(ae, x, lam)
             n_l1 = N.abs().sum().item()
             record.update(
                 outer=epoch // epochs_per_iter,

@@ -260,7 +260,9 @@ def run_one(cfg, run_dir, device):
 
     metrics = evaluate.summarize(labels, scores)
     plots = os.path.join(run_dir, "plots")
-    name = f"{cfg.dataset} class {d.normal_class}, {cfg.pretrain} + {cfg.objective}"
+    method = {"svdd": "one-class Deep SVDD", "soft-svdd": "soft-boundary Deep SVDD", "ae": "reconstruction error",
+              "ocnn": f"OC-NN {'joint' if cfg.joint else 'z-only'}"}[cfg.objective]
+    name = f"{cfg.dataset} class {d.normal_class}: {cfg.pretrain.upper()} + {method}"
     evaluate.plot_history(stages, os.path.join(plots, "training.png"))
     evaluate.plot_score_hist(labels, scores, os.path.join(plots, "score_hist.png"), title=name)
     evaluate.plot_roc_pr(labels, scores, os.path.join(plots, "roc_pr.png"), title=name)

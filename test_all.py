@@ -704,6 +704,34 @@ def test_ae_has_no_bias(dataset):
         assert "bias" not in name and p.dim() >= 2, name
 
 
+@pytest.mark.parametrize("dataset,shape", [("mnist", (1, 28, 28)), ("cifar10", (3, 32, 32))])
+def test_ae_fused_upsample_equals_plain_layers(dataset, shape, monkeypatch):
+    # property: the fast up2_deconv gives the outputs and gradients of deconv(up2(x)) within float tolerance
+    torch.manual_seed(0)
+    model, x = ae.build_autoencoder(dataset), _images(4, shape=shape)
+    results = []
+    for fused in (True, False):
+        monkeypatch.setattr(ae, "FUSED_UPSAMPLE", fused)
+        model.zero_grad()
+        y = model(x)
+        y.pow(2).sum().backward()
+        results.append((y.detach(), [p.grad.clone() for p in model.parameters()]))
+    (y1, g1), (y0, g0) = results
+    assert torch.allclose(y1, y0, atol=1e-5)
+    assert all((a - b).abs().max() <= 1e-4 * b.abs().max() for a, b in zip(g1, g0))   # float rounding only
+
+
+def test_ae_channels_last_layout_changes_no_number():
+    # property: the channels-last weight layout gives the numbers of the default layout
+    torch.manual_seed(0)
+    model = ae.build_autoencoder("cifar10")
+    plain = ae.Autoencoder(ae.CifarEncoder(), ae.CifarDecoder(), code_bn=True)
+    plain.load_state_dict(model.state_dict())
+    x = _images(4, shape=(3, 32, 32))
+    assert model.decoder.deconv2.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(ae.reconstruct(model, x), ae.reconstruct(plain, x), atol=1e-5)
+
+
 def test_ae_encoder_state_loads_into_phi():
     # property: the encoder's state dict, BN running statistics included, loads into a stand-alone phi
     torch.manual_seed(0)
@@ -991,3 +1019,13 @@ def test_run_missing_data_without_network_says_where(tmp_path, monkeypatch, caps
     with pytest.raises(SystemExit) as e:
         run.main(["--data-root", str(tmp_path / "empty"), "--out", str(tmp_path)] + FAST)
     assert e.value.code == 1 and "mnist" in capsys.readouterr().err
+
+
+def test_run_nan_loss_names_stage_and_epoch(tiny_root, tmp_path, monkeypatch, capsys):
+    # property: a NaN loss stops the run with a message naming the stage and the epoch, exit status 1
+    monkeypatch.setattr(ae, "reconstruction_error", lambda x_hat, x: (x_hat - x).sum((1, 2, 3)) * float("nan"))
+    with pytest.raises(SystemExit) as e:
+        run.main(["--data-root", tiny_root, "--out", str(tmp_path)] + FAST)
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "pretrain ae" in err and "epoch 1" in err
+    assert not list(tmp_path.glob("*/metrics.json"))                 # no result passed off as whole

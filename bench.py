@@ -1,0 +1,139 @@
+"""Speed of every stage, on real data, with the very functions run.py uses.
+
+    python bench.py                       # MNIST normal class 0 (and CIFAR-10 airplane if its batches exist)
+    python bench.py --reps 7 --device cuda
+
+For each stage: seconds per epoch (median of --reps epochs after --warmup epochs), images per second,
+and the fraction of this machine's float32 matmul throughput (measured in the same run) that the stage's
+arithmetic reaches. The arithmetic of a stage is counted with torch.utils.flop_counter.FlopCounterMode
+(convolutions and matrix products, forward and backward), not estimated by hand.
+Do not run it beside another torch process: two processes' threads compete and the figures mean nothing.
+"""
+import argparse
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import ae
+import data
+import ocnn
+import rcae
+import svdd
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_flops_per_second(device, n=2048, reps=10):
+    """The machine's float32 matmul throughput: 2 n^3 FLOP per n x n product, median of reps."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times)
+
+
+def count_flops(fn):
+    """FLOP of one call of fn (forward and backward if fn does both)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def timed(fn, device, reps, warmup):
+    """Median seconds of fn() over reps calls after warmup calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def epoch_seconds(history, warmup):
+    """Median of the per-epoch seconds that the training functions record, the first `warmup` dropped."""
+    return statistics.median(h["seconds"] for h in history[warmup:])
+
+
+def bench(dataset, normal_class, device, reps, warmup, batch_size):
+    d = data.one_class_split(dataset, normal_class, root="data", device=device)
+    x, x_test, n = d.x_train, d.x_test, len(d.x_train)
+    epochs = warmup + reps
+    quiet = dict(batch_size=batch_size, verbose=False)
+    torch.manual_seed(0)
+    model = ae.build_autoencoder(dataset).to(device)
+    # FLOP of one training step of each network on one batch, forward and backward.
+    xb = x[:batch_size]
+    step_ae = count_flops(lambda: ae.reconstruction_error(model(xb), xb).mean().backward())
+    phi = ae.encoder_copy(model)
+    step_phi = count_flops(lambda: phi(xb).pow(2).sum().backward())
+    fwd_ae = count_flops(lambda: ae.reconstruct(model, x_test))
+    fwd_phi = count_flops(lambda: ae.encode(phi, x_test))
+    n_batches = -(-n // batch_size)
+
+    rows = []
+    hist = ae.train_autoencoder(model, x, epochs=epochs, **quiet)
+    rows.append(("AE training epoch", epoch_seconds(hist, warmup), n, step_ae * n_batches))
+    rows.append(("RCAE N-step", timed(lambda: rcae.n_step(model, x, 0.1), device, reps, 1), n,
+                 fwd_ae * n / len(x_test)))
+    rows.append(("AE scoring the test set", timed(lambda: ae.reconstruction_scores(model, x_test), device,
+                                                   reps, 1), len(x_test), fwd_ae))
+    c, R, hist = svdd.train_svdd(ae.encoder_copy(model), x, objective="one-class", epochs=epochs, **quiet)
+    rows.append(("Deep SVDD epoch (one-class)", epoch_seconds(hist, warmup), n, step_phi * n_batches))
+    phi = ae.encoder_copy(model)
+    c, R, hist = svdd.train_svdd(phi, x, objective="soft-boundary", epochs=epochs, warmup=1, **quiet)
+    rows.append(("Deep SVDD epoch (soft-boundary)", epoch_seconds(hist, warmup), n,
+                 step_phi * n_batches + fwd_phi * n / len(x_test)))
+    rows.append(("Deep SVDD scoring the test set", timed(lambda: svdd.svdd_scores(phi, c, x_test, R), device,
+                                                          reps, 1), len(x_test), fwd_phi))
+    _, _, hist = ocnn.train_ocnn(ae.encoder_copy(model), x, epochs=epochs, **quiet)
+    rows.append(("OC-NN epoch (z-only)", epoch_seconds(hist, warmup), n, float("nan")))
+    _, _, hist = ocnn.train_ocnn(ae.encoder_copy(model), x, joint=True, epochs=epochs, **quiet)
+    rows.append(("OC-NN epoch (joint)", epoch_seconds(hist, warmup), n,
+                 step_phi * n_batches + fwd_phi * n / len(x_test)))
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=200)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--datasets", nargs="*", default=["mnist", "cifar10"])
+    args = p.parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if args.device == "auto" else args.device)
+    peak = matmul_flops_per_second(device)
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"float32 matmul (2048^2): {peak / 1e9:.1f} GFLOP/s")
+    for dataset in args.datasets:
+        try:
+            rows = bench(dataset, 0, device, args.reps, args.warmup, args.batch_size)
+        except data.MissingData as e:
+            print(f"\n{dataset}: skipped ({e})")
+            continue
+        print(f"\n{dataset}, normal class 0, batch {args.batch_size}, median of {args.reps} after "
+              f"{args.warmup} warm-up:")
+        print(f"{'stage':34s} {'seconds':>8s} {'images/s':>10s} {'GFLOP':>7s} {'of matmul peak':>15s}")
+        for name, seconds, images, flop in rows:
+            share = f"{100 * flop / seconds / peak:13.1f} %" if flop == flop else f"{'-':>15s}"
+            print(f"{name:34s} {seconds:8.3f} {images / seconds:10.0f} {flop / 1e9:7.2f} {share}")
+
+
+if __name__ == "__main__":
+    main()
