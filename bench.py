@@ -92,6 +92,16 @@ def bench(dataset, normal_class, device, reps, warmup, batch_size):
                  fwd_ae * n / len(x_test)))
     rows.append(("AE scoring the test set", timed(lambda: ae.reconstruction_scores(model, x_test), device,
                                                    reps, 1), len(x_test), fwd_ae))
+    # The same two stages with the reference formulation of the decoder (deconv(up2(x))), in this run.
+    ae.FUSED_UPSAMPLE = False
+    plain = ae.build_autoencoder(dataset).to(device)
+    step_plain = count_flops(lambda: ae.reconstruction_error(plain(xb), xb).mean().backward())
+    hist = ae.train_autoencoder(plain, x, epochs=epochs, **quiet)
+    rows.append(("  same, plain deconv(up2(x))", epoch_seconds(hist, warmup), n, step_plain * n_batches))
+    rows.append(("  scoring, plain deconv(up2(x))", timed(lambda: ae.reconstruction_scores(plain, x_test),
+                                                          device, reps, 1), len(x_test),
+                 count_flops(lambda: ae.reconstruct(plain, x_test))))
+    ae.FUSED_UPSAMPLE = True
     c, R, hist = svdd.train_svdd(ae.encoder_copy(model), x, objective="one-class", epochs=epochs, **quiet)
     rows.append(("Deep SVDD epoch (one-class)", epoch_seconds(hist, warmup), n, step_phi * n_batches))
     phi = ae.encoder_copy(model)

@@ -165,19 +165,21 @@ def plot_history(histories, path):
     stages = [(name, h) for name, h in histories.items() if h]
     if not stages:
         raise ValueError('plot_history: every stage history is empty; there is nothing to plot.')
-    skip = {'epoch', 'loss', 'lr', 'seconds'}
+    skip = {'epoch', 'loss', 'lr', 'seconds', 'outer', 'N_l1'}  # N_l1: N_l1_per_image shows the same curve
     extras = {name: list(dict.fromkeys(k for e in h for k, v in e.items() if k not in skip and _is_number(v)))
               for name, h in stages}                          # keys in order of first appearance
     ncols = 1 + max(len(keys) for keys in extras.values())
     fig, axes = plt.subplots(len(stages), ncols, figsize=(4.6 * ncols, 3.3 * len(stages)), squeeze=False,
                              layout='constrained')
     for row, (name, h) in zip(axes, stages):
-        epoch = [e.get('epoch', i + 1) for i, e in enumerate(h)]
-        marker = 'o' if len(h) <= 30 else None
+        epoch = np.array([e.get('epoch', i + 1) for i, e in enumerate(h)])
         for ax, key in zip(row, ['loss'] + extras[name]):
             v = np.array([e.get(key) if _is_number(e.get(key)) else np.nan for e in h], dtype=float)
-            ax.plot(epoch, v, marker=marker, markersize=3, color='tab:blue' if key == 'loss' else 'tab:orange')
-            finite = v[np.isfinite(v)]
+            keep = np.isfinite(v)                             # a key logged only some epochs (RCAE's N-step)
+            marker = 'o' if keep.sum() <= 30 else None
+            ax.plot(epoch[keep], v[keep], marker=marker, markersize=3,
+                    color='tab:blue' if key == 'loss' else 'tab:orange')
+            finite = v[keep]
             log = key == 'loss' and finite.size > 0 and bool(np.all(finite > 0))
             if log:
                 ax.set_yscale('log')

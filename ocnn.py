@@ -30,6 +30,14 @@ Two regimes
   * joint: the encoder trains too, at its own (small) learning rate and weight decay; the paper does not
     freeze it. The regulariser 1/2 ||w||^2 + 1/2 ||V||^2 covers the head only.
 
+A property worth seeing (measured, see the README): with the linear g the objective is unbounded below.
+Scaling w and V by t scales y_hat, r and the hinge term by t^2, and the regulariser by t^2 as well, so
+the loss is t^2 (1/2||w||^2 + 1/2||V||^2 - [r - 1/nu mean max(0, r - y_hat)]); the bracket is the mean
+of the lowest nu-fraction of y_hat. Once some direction u = V^T w keeps that low tail above ||u||, which
+happens whenever the codes z lie far from the origin, gradient descent grows w and V for ever: r climbs
+epoch after epoch while the direction of u, the only thing the ranking r - y_hat depends on, settles.
+A bounded g (sigmoid, tanh) caps y_hat by ||w||_1 and keeps the objective bounded.
+
 Deviations and pitfalls avoided
   * The authors' public code scores a hypersphere distance, not this objective, and an earlier version
     of the paper computed AUROC from sign-binarised scores; here the objective above and the continuous

@@ -721,17 +721,6 @@ def test_ae_fused_upsample_equals_plain_layers(dataset, shape, monkeypatch):
     assert all((a - b).abs().max() <= 1e-4 * b.abs().max() for a, b in zip(g1, g0))   # float rounding only
 
 
-def test_ae_channels_last_layout_changes_no_number():
-    # property: the channels-last weight layout gives the numbers of the default layout
-    torch.manual_seed(0)
-    model = ae.build_autoencoder("cifar10")
-    plain = ae.Autoencoder(ae.CifarEncoder(), ae.CifarDecoder(), code_bn=True)
-    plain.load_state_dict(model.state_dict())
-    x = _images(4, shape=(3, 32, 32))
-    assert model.decoder.deconv2.weight.is_contiguous(memory_format=torch.channels_last)
-    assert torch.allclose(ae.reconstruct(model, x), ae.reconstruct(plain, x), atol=1e-5)
-
-
 def test_ae_encoder_state_loads_into_phi():
     # property: the encoder's state dict, BN running statistics included, loads into a stand-alone phi
     torch.manual_seed(0)
