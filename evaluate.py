@@ -204,10 +204,10 @@ def plot_score_hist(labels, scores, path, title=''):
     for value, name, color in ((0, 'normal', 'tab:blue'), (1, 'anomalous', 'tab:red')):
         part = s[y == value]
         if part.size:
-            ax.hist(part, bins=bins, weights=np.full(part.size, 1 / part.size), alpha=0.5, color=color, edgecolor=color,
-                    label=f'{name} (n = {part.size})')
-    ax.set(xlabel='anomaly score (higher = more anomalous)' + (', log scale' if log else ''), ylabel='fraction of the group per bin',
-           title=title or 'test scores by true label')
+            ax.hist(part, bins=bins, weights=np.full(part.size, 1 / part.size), alpha=0.5, color=color,
+                    edgecolor=color, label=f'{name} (n = {part.size})')
+    ax.set(xlabel='anomaly score (higher = more anomalous)' + (', log scale' if log else ''),
+           ylabel='fraction of the group per bin', title=title or 'test scores by true label')
     ax.legend()
     ax.grid(alpha=0.3)
     return _save(fig, path)
@@ -274,7 +274,8 @@ def plot_extremes(images, scores, labels, path, k=16, title=''):
         raise ValueError('plot_extremes: there are no normal (label 0) images to rank.')
     order = normal[np.argsort(s[normal], kind='stable')]      # normal images, lowest score first
     k = min(k, normal.size)
-    groups = [('most normal: the lowest scores', order[:k]), ('most anomalous: the highest scores', order[::-1][:k])]
+    groups = [('most normal: the lowest scores', order[:k]),
+              ('most anomalous: the highest scores', order[::-1][:k])]
     ncols = min(k, 8)
     nrows = math.ceil(k / ncols)
     h, w = images.shape[2:]

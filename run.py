@@ -45,46 +45,53 @@ DATASET_DEFAULTS = {
 }
 
 
+def opt(default, help, factory=False):
+    """A Config field with its --help text (factory: default is a function that makes it, for lists)."""
+    if factory:
+        return dataclasses.field(default_factory=default, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclasses.dataclass
 class Config:
     # what to run
-    dataset: str = "mnist"            # mnist | cifar10
-    normal_class: str = "0"           # 0..9, or 'all' for a sweep over the ten classes
-    pretrain: str = "ae"              # ae | rcae: the representation (stage 1)
-    objective: str = "svdd"           # svdd (one-class) | soft-svdd | ocnn | ae (DCAE: reconstruction error)
-    nu: float = None                  # soft-svdd / ocnn: None = 0.1 for SVDD, 0.01 MNIST / 0.1 CIFAR for OC-NN
-    pollution_rate: float = 0.0       # fraction of anomalies mixed into the training set
-    seed: int = 0
-    seeds: list = None                # several seeds: a sweep, e.g. --seeds 0 1 2
-    rep_dim: int = None               # None = 32 MNIST / 128 CIFAR-10
-    batch_size: int = 200
+    dataset: str = opt("mnist", "mnist | cifar10")
+    normal_class: str = opt("0", "0..9, or 'all' for a sweep over the ten classes")
+    pretrain: str = opt("ae", "ae | rcae: the representation (stage 1)")
+    objective: str = opt("svdd", "svdd (one-class) | soft-svdd | ocnn | ae (DCAE: reconstruction error)")
+    nu: float = opt(None, "soft-svdd / ocnn: None = 0.1 for SVDD, 0.01 MNIST / 0.1 CIFAR for OC-NN")
+    pollution_rate: float = opt(0.0, "fraction of anomalies mixed into the training set")
+    seed: int = opt(0, "seeds torch, numpy, the batch order and the pollution draw")
+    seeds: list = opt(None, "several seeds: a sweep, e.g. --seeds 0 1 2")
+    rep_dim: int = opt(None, "None = 32 MNIST / 128 CIFAR-10")
+    batch_size: int = opt(200, "mini-batch size of every stage")
     # stage 1: autoencoder pretraining (DCAE), and RCAE's sparse part
-    ae_epochs: int = None             # None = 150 MNIST / 350 CIFAR-10
-    ae_lr: float = 1e-4
-    ae_milestones: list = None        # lr x0.1 after these epochs; None = [50] / [250]
-    ae_weight_decay: float = None     # None = 0.5e-3 MNIST / 0.5e-6 CIFAR-10
-    rcae_lambda: float = 0.1          # l1 weight of N; threshold lambda/2
-    rcae_iters: int = 5               # outer iterations T; each runs ae_epochs / T epochs
+    ae_epochs: int = opt(None, "None = 150 MNIST / 350 CIFAR-10")
+    ae_lr: float = opt(1e-4, "Adam learning rate of the autoencoder")
+    ae_milestones: list = opt(None, "lr x0.1 after these epochs; None = [50] / [250]")
+    ae_weight_decay: float = opt(None, "None = 0.5e-3 MNIST / 0.5e-6 CIFAR-10")
+    rcae_lambda: float = opt(0.1, "l1 weight of N; threshold lambda/2")
+    rcae_iters: int = opt(5, "outer iterations T; each runs ae_epochs / T epochs")
     # stage 2a: Deep SVDD
-    svdd_epochs: int = 150
-    svdd_lr: float = 1e-4
-    svdd_milestones: list = dataclasses.field(default_factory=lambda: [50])
-    svdd_weight_decay: float = 0.5e-6
-    svdd_warmup: int = 10             # soft-svdd: epochs with R = 0 before R is set
+    svdd_epochs: int = opt(150, "Deep SVDD epochs")
+    svdd_lr: float = opt(1e-4, "Deep SVDD Adam learning rate")
+    svdd_milestones: list = opt(lambda: [50], "Deep SVDD lr x0.1 after these epochs", factory=True)
+    svdd_weight_decay: float = opt(0.5e-6, "Deep SVDD weight decay (lambda/2 of eq. 3-4)")
+    svdd_warmup: int = opt(10, "soft-svdd: epochs with R = 0 before R is set")
     # stage 2b: OC-NN
-    ocnn_epochs: int = 250
-    ocnn_lr: float = 1e-4
-    ocnn_lr_drop: int = 100           # head lr x0.1 after this epoch
-    ocnn_hidden: int = 32
-    ocnn_activation: str = "linear"   # linear | sigmoid | relu | tanh
-    joint: bool = False               # OC-NN: train the encoder too (else z-only: encoder frozen)
-    encoder_lr: float = 1e-5          # OC-NN joint: the encoder's learning rate
-    encoder_weight_decay: float = 1e-5
+    ocnn_epochs: int = opt(250, "OC-NN epochs")
+    ocnn_lr: float = opt(1e-4, "OC-NN head learning rate")
+    ocnn_lr_drop: int = opt(100, "head lr x0.1 after this epoch")
+    ocnn_hidden: int = opt(32, "OC-NN hidden units (rows of V)")
+    ocnn_activation: str = opt("linear", "linear | sigmoid | relu | tanh")
+    joint: bool = opt(False, "OC-NN: train the encoder too (else z-only: encoder frozen)")
+    encoder_lr: float = opt(1e-5, "OC-NN joint: the encoder's learning rate")
+    encoder_weight_decay: float = opt(1e-5, "OC-NN joint: the encoder's weight decay")
     # plumbing
-    device: str = "auto"              # auto | cpu | cuda
-    data_root: str = "data"
-    out: str = "runs"
-    quiet: bool = False               # no per-epoch lines
+    device: str = opt("auto", "auto | cpu | cuda")
+    data_root: str = opt("data", "where the data sets are read, and downloaded when missing")
+    out: str = opt("runs", "where run folders, sweeps and the autoencoder cache go")
+    quiet: bool = opt(False, "no per-epoch lines")
 
 
 CHOICES = {"dataset": ("mnist", "cifar10"), "pretrain": ("ae", "rcae"), "objective": OBJECTIVES,
@@ -103,12 +110,12 @@ def make_parser():
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
         if f.type is bool:
-            parser.add_argument(flag, action="store_true")
+            parser.add_argument(flag, action="store_true", help=f.metadata["help"])
         elif f.type is list:
-            parser.add_argument(flag, type=TYPES[f.name], nargs="*", default=None)
+            parser.add_argument(flag, type=TYPES[f.name], nargs="*", default=None, help=f.metadata["help"])
         else:
             parser.add_argument(flag, type=TYPES.get(f.name, f.type), choices=CHOICES.get(f.name),
-                                default=None)
+                                default=None, help=f"{f.metadata['help']} (default: {f.default})")
     return parser
 
 
