@@ -16,7 +16,7 @@ Symbols
     phi(x; W) = z     encoder(x)    (B, rep_dim)   the code; Deep SVDD's output space
     x_hat             ae(x)         (B, C, H, W)   reconstruction in (0, 1) (sigmoid)
 
-The networks (PAPERS.md section 2), exactly as the reference code:
+The networks, exactly as the reference code (Deep-SVDD-PyTorch, networks/mnist_LeNet.py, cifar10_LeNet.py):
   * no bias anywhere: Deep SVDD Prop. 2 (a bias lets phi map every input to c, "hypersphere collapse");
   * BatchNorm with eps=1e-4 and affine=False (an affine BN would add a bias), running statistics kept;
   * leaky ReLU with slope 0.01 (the paper's text says 0.1; both reference code bases use 0.01);
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 import data
 
-LRELU_SLOPE = 0.01  # the reference code's slope (PAPERS.md section 8)
+LRELU_SLOPE = 0.01  # both reference code bases; the paper text says 0.1
 BN_EPS = 1e-4
 
 
@@ -187,7 +187,7 @@ class Autoencoder(nn.Module):
         self.encoder = encoder
         self.decoder = decoder
         rep_dim = encoder.rep_dim
-        # The CIFAR-10 reference AE normalises the code; Deep SVDD's phi does not (PAPERS.md section 2).
+        # The CIFAR-10 reference AE normalises the code; Deep SVDD's phi does not.
         self.code_bn = nn.BatchNorm1d(rep_dim, eps=BN_EPS, affine=False) if code_bn else nn.Identity()
 
     def forward(self, x):
@@ -290,7 +290,7 @@ def train_autoencoder(ae, x, *, epochs=150, lr=1e-4, weight_decay=0.5e-3, milest
 
     L = 1/B sum_i ||x_i - ae(x_i)||^2, minimised by Adam with weight decay (PyTorch's weight_decay is
     half the paper's lambda), the lr multiplied by 0.1 after each milestone epoch (reference schedule,
-    PAPERS.md section 3). `x` stays on its device; batches are index slices of a seeded permutation.
+    Deep-SVDD-PyTorch README). `x` stays on its device; batches are index slices of a seeded permutation.
     """
     ae.to(x.device)
     optimizer, scheduler = adam_with_milestones(ae.parameters(), lr, weight_decay, milestones)

@@ -1,7 +1,7 @@
 """OC-NN: a one-class SVM's hyperplane objective, written for a neural network head on the encoder.
 
 Chalapathy, Menon, Chawla, "Anomaly Detection using One-Class Neural Networks", arXiv:1802.06360
-(PAPERS.md section 5). The one-class SVM separates the data from the origin with a hyperplane at
+The one-class SVM separates the data from the origin with a hyperplane at
 offset r; OC-NN puts that objective on top of a pretrained encoder (ae.py), with one hidden layer V.
 
 Equations

@@ -1,7 +1,7 @@
 """Robust Convolutional Autoencoder (RCAE): data = what the autoencoder reconstructs + a sparse part N.
 
 Chalapathy, Menon, Chawla, "Robust, Deep and Inductive Anomaly Detection", ECML-PKDD 2017,
-arXiv:1704.06743 (PAPERS.md section 6). Robust PCA's idea with a deep autoencoder in place of the
+arXiv:1704.06743. Robust PCA's idea with a deep autoencoder in place of the
 low-rank part: a few training images (outliers, pollution) need not be reconstructed, because a sparse
 matrix N may take up what the autoencoder cannot.
 

@@ -5,7 +5,7 @@
     python run.py --objective svdd --normal-class all --seeds 0 1 2      # a resumable sweep + summary
 
 Every default lives in `Config` below; the flags are made from its fields. Fields left at None take the
-reference value of the chosen dataset (PAPERS.md sections 3-5, `DATASET_DEFAULTS`). This is the only
+reference value of the chosen dataset (Deep-SVDD-PyTorch README, the OC-NN paper; `DATASET_DEFAULTS`). This is the only
 file that knows every other one: data.py -> ae.py | rcae.py -> svdd.py | ocnn.py -> evaluate.py.
 
 Run folder: <out>/<time>-<dataset>-<class>-<pretrain>-<objective>/ with config.json, history.json,

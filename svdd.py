@@ -1,7 +1,7 @@
 """Deep SVDD: map the normal data into the smallest hypersphere around a fixed centre c.
 
 Ruff, Vandermeulen, Goernitz, Deecke, Siddiqui, Binder, Mueller, Kloft, "Deep One-Class Classification",
-ICML 2018 (PAPERS.md section 4). The network phi is the pretrained autoencoder's encoder (ae.py).
+ICML 2018 (PMLR vol. 80). The network phi is the pretrained autoencoder's encoder (ae.py).
 
 Equations (numbered as in the paper)
 
