@@ -300,12 +300,11 @@ def sweep(cfg, device):
     seeds = cfg.seeds or [cfg.seed]
     skip = {"normal_class", "seed", "seeds", "device", "out", "quiet", "data_root"}
     key = settings_key(cfg, [f.name for f in dataclasses.fields(cfg) if f.name not in skip])
-    mode = "-joint" if cfg.objective == "ocnn" and cfg.joint else ""
-    folder = os.path.join(cfg.out, f"sweep-{cfg.dataset}-{cfg.pretrain}-{cfg.objective}{mode}-{key}")
+    folder = os.path.join(cfg.out, f"sweep-{cfg.dataset}-{method_name(cfg).replace('+', '-')}-{key}")
     rows = []
     for k in classes:
         for s in seeds:
-            run_dir = os.path.join(folder, f"class{k}-seed{s}-{cfg.pretrain}-{cfg.objective}{mode}")
+            run_dir = os.path.join(folder, f"class{k}-seed{s}-{method_name(cfg).replace('+', '-')}")
             done = os.path.join(run_dir, "metrics.json")
             if os.path.exists(done):
                 print(f"skipping {run_dir}: finished before")
@@ -314,26 +313,45 @@ def sweep(cfg, device):
                 continue
             banner(f"sweep run: class {k}, seed {s}")
             rows.append(run_one(dataclasses.replace(cfg, normal_class=str(k), seed=s), run_dir, device))
-    write_summary(folder, rows)
+    write_summary(folder, rows, cfg)
     return rows
 
 
-def write_summary(folder, rows):
-    """summary.csv (one row per class) and summary.md: AUROC mean +- std over seeds, mean over classes."""
+def method_name(cfg):
+    """e.g. 'ae+svdd', 'rcae+ocnn-joint': the representation and the objective of a run."""
+    return f"{cfg.pretrain}+{cfg.objective}" + ("-joint" if cfg.objective == "ocnn" and cfg.joint else "")
+
+
+def stage_epochs(cfg):
+    """e.g. 'ae 150 / svdd 150': the epochs of both stages, as the results tables report them."""
+    second = {"svdd": f" / svdd {cfg.svdd_epochs}", "soft-svdd": f" / svdd {cfg.svdd_epochs}",
+              "ocnn": f" / ocnn {cfg.ocnn_epochs}", "ae": ""}[cfg.objective]
+    return f"{cfg.pretrain} {cfg.ae_epochs}{second}"
+
+
+def write_summary(folder, rows, cfg):
+    """summary.csv (one row per class) and summary.md: AUROC mean +- std over seeds, mean over classes.
+
+    std is the population standard deviation over the seeds (numpy's default). seconds is the mean wall
+    time of a run; a run whose autoencoder came from the cache did not pay for pretraining.
+    """
     by_class = {}
     for m in rows:
         by_class.setdefault(m["normal_class"], []).append(m)
     table = []
     for k, ms in sorted(by_class.items()):
         a = 100 * np.array([m["auroc"] for m in ms])
-        table.append({"normal_class": k, "auroc_mean": round(a.mean(), 2), "auroc_std": round(a.std(), 2),
-                      "n_seeds": len(ms), "seeds": " ".join(str(m["seed"]) for m in ms),
+        table.append({"dataset": cfg.dataset, "normal_class": k, "method": method_name(cfg),
+                      "auroc_mean": round(a.mean(), 2), "auroc_std": round(a.std(), 2), "n_seeds": len(ms),
+                      "seeds": " ".join(str(m["seed"]) for m in ms), "epochs": stage_epochs(cfg),
+                      "pollution_rate": cfg.pollution_rate, "device": ms[0]["device"],
                       "seconds_mean": round(np.mean([m["seconds"] for m in ms]), 1)})
     with open(os.path.join(folder, "summary.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(table[0]))
         w.writeheader()
         w.writerows(table)
-    lines = ["| normal class | AUROC % (mean +- std) | seeds |", "|---|---|---|"]
+    lines = [f"{cfg.dataset}, {method_name(cfg)}, epochs {stage_epochs(cfg)}", "",
+             "| normal class | AUROC % (mean +- std) | seeds |", "|---|---|---|"]
     lines += [f"| {t['normal_class']} | {t['auroc_mean']:.2f} +- {t['auroc_std']:.2f} | {t['n_seeds']} |"
               for t in table]
     lines.append(f"| mean | {np.mean([t['auroc_mean'] for t in table]):.2f} | |")
