@@ -123,7 +123,7 @@ def _mnist_arrays(root, train):
         missing += [] if found else [stem + '.gz']
     if missing:
         raise MissingData(f'MNIST files missing: put {", ".join(missing)} (gzipped or raw) in {folder}/, '
-                        f'or run data.download("mnist", {root!r}) to fetch them.')
+                          f'or run data.download("mnist", {root!r}) to fetch them.')
     return _mnist_cached(*map(_file_key, paths))
 
 
@@ -206,8 +206,8 @@ def _cifar_arrays(root, train):
     missing = [n for n in names if not os.path.isfile(os.path.join(folder, n))]
     if missing:
         raise MissingData(f'CIFAR-10 files missing: put {", ".join(missing)} in {folder}/ (extract the '
-                        f'official archive into {os.path.join(root, "cifar10")}/), or run '
-                        f'data.download("cifar10", {root!r}).')
+                          f'official archive into {os.path.join(root, "cifar10")}/), or run '
+                          f'data.download("cifar10", {root!r}).')
     return _cifar_cached(tuple(_file_key(os.path.join(folder, n)) for n in names), binary)
 
 
