@@ -30,7 +30,12 @@ def main(paths):
         cells = []
         for m in methods:
             r, paper = by.get((m, k)), PAPER.get(m, [None] * 10)[k]
-            mine = f"{float(r['auroc_mean']):.2f} +- {float(r['auroc_std']):.2f}" if r else "-"
+            if r is None:
+                mine = "-"
+            elif int(r["n_seeds"]) == 1:                     # no spread to report from one seed
+                mine = f"{float(r['auroc_mean']):.2f}"
+            else:
+                mine = f"{float(r['auroc_mean']):.2f} +- {float(r['auroc_std']):.2f}"
             cells.append(f"{mine} ({paper})" if paper is not None else mine)
         print(f"| {k} | " + " | ".join(cells) + " |")
     means = []
