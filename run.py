@@ -174,10 +174,10 @@ def pretrain(cfg, d, device):
 
     Returns (autoencoder, history, extra) where extra holds RCAE's per-image ||N_i||_1 figures.
     """
-    fields = PRETRAIN_FIELDS if cfg.pretrain == "rcae" else PRETRAIN_FIELDS[:-2]
+    fields = [f for f in PRETRAIN_FIELDS if cfg.pretrain == "rcae" or not f.startswith("rcae_")]
     key = settings_key(cfg, fields) + f"-class{d.normal_class}"
     path = os.path.join(cfg.out, "ae-cache", f"{cfg.dataset}-{cfg.pretrain}-{key}.pt")
-    torch.manual_seed(cfg.seed)                                       # weight init depends on the seed only
+    seed_all(cfg.seed)                                                # weight init depends on the seed only
     model = ae.build_autoencoder(cfg.dataset, cfg.rep_dim).to(device)
     banner(f"stage 1: pretraining ({cfg.pretrain}) on {len(d.x_train)} training images")
     if os.path.exists(path):
@@ -198,7 +198,7 @@ def pretrain(cfg, d, device):
         if d.polluted.any():
             extra["N_l1_per_image_polluted"] = mass[d.polluted.cpu()].mean().item()
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.save({"ae": {k: v.cpu() for k, v in model.state_dict().items()}, "history": history,
+    torch.save({"ae": to_cpu(model.state_dict()), "history": history,
                 "extra": extra}, path + ".tmp")
     os.replace(path + ".tmp", path)                                   # whole files only
     return model, history, extra
@@ -226,6 +226,13 @@ def one_class(cfg, d, model):
                                        activation=cfg.ocnn_activation, **kw)
     return ocnn.ocnn_scores(phi, head, r, d.x_test), history, {"phi": phi.state_dict(),
                                                                "head": head.state_dict(), "r": r}
+
+
+def to_cpu(v):
+    """A tensor, or a dict of them (a state dict), moved to the CPU for saving; anything else as it is."""
+    if isinstance(v, dict):
+        return {k: to_cpu(t) for k, t in v.items()}
+    return v.cpu() if torch.is_tensor(v) else v
 
 
 def seed_all(seed):
@@ -260,8 +267,6 @@ def run_one(cfg, run_dir, device):
     if d.polluted.any():
         write_json(os.path.join(run_dir, "pollution.json"),
                    {"polluted_train_indices": d.train_index[d.polluted].tolist()})
-    to_cpu = lambda v: {k: t.cpu() for k, t in v.items()} if isinstance(v, dict) else (
-        v.cpu() if torch.is_tensor(v) else v)
     torch.save({"config": dataclasses.asdict(cfg), "ae": to_cpu(model.state_dict()),
                 **{k: to_cpu(v) for k, v in state.items()}}, os.path.join(run_dir, "model.pt"))
 
