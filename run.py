@@ -56,7 +56,7 @@ def opt(default, help, factory=False):
 class Config:
     # what to run
     dataset: str = opt("mnist", "mnist | cifar10")
-    normal_class: str = opt("0", "0..9, or 'all' for a sweep over the ten classes")
+    normal_class: str = opt("0", "0..9, 'all' (a sweep over the ten classes) or a list such as 0,2,5")
     pretrain: str = opt("ae", "ae | rcae: the representation (stage 1)")
     objective: str = opt("svdd", "svdd (one-class) | soft-svdd | ocnn | ae (DCAE: reconstruction error)")
     nu: float = opt(None, "soft-svdd / ocnn: None = 0.1 for SVDD, 0.01 MNIST / 0.1 CIFAR for OC-NN")
@@ -131,8 +131,9 @@ def resolve(cfg):
         raise UserError(f"--nu must lie in (0, 1], got {cfg.nu}.")
     if not 0 <= cfg.pollution_rate < 1:
         raise UserError(f"--pollution-rate must lie in [0, 1), got {cfg.pollution_rate}.")
-    if cfg.normal_class != "all" and (not cfg.normal_class.isdigit() or not 0 <= int(cfg.normal_class) <= 9):
-        raise UserError(f"--normal-class must be 0..9 or 'all', got {cfg.normal_class!r}.")
+    parts = cfg.normal_class.split(",")
+    if cfg.normal_class != "all" and not all(p.isdigit() and 0 <= int(p) <= 9 for p in parts):
+        raise UserError(f"--normal-class must be 0..9, 'all' or a list such as 0,2,5, got {cfg.normal_class!r}.")
     for key in ("batch_size", "ae_epochs", "svdd_epochs", "ocnn_epochs", "rcae_iters", "rep_dim"):
         if getattr(cfg, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(cfg, key)}.")
@@ -299,17 +300,32 @@ def load_split(cfg, normal_class, device):
         return data.one_class_split(*args)
 
 
-def sweep(cfg, device):
-    """Every (class, seed) pair into fixed folder names; finished runs are skipped; then the summary."""
-    classes = list(range(10)) if cfg.normal_class == "all" else [int(cfg.normal_class)]
-    seeds = cfg.seeds or [cfg.seed]
+def classes_of(cfg):
+    """--normal-class as a list of ints: 'all' -> 0..9, '0,2,5' -> [0, 2, 5], '3' -> [3]."""
+    return list(range(10)) if cfg.normal_class == "all" else [int(p) for p in cfg.normal_class.split(",")]
+
+
+def sweep_folder(cfg):
+    """<out>/sweep-<dataset>-<method>-<hash>: the hash covers every setting except the class and the seed,
+    so the same command with more classes or seeds fills the same folder."""
     skip = {"normal_class", "seed", "seeds", "device", "out", "quiet", "data_root"}
     key = settings_key(cfg, [f.name for f in dataclasses.fields(cfg) if f.name not in skip])
-    folder = os.path.join(cfg.out, f"sweep-{cfg.dataset}-{method_name(cfg).replace('+', '-')}-{key}")
+    return os.path.join(cfg.out, f"sweep-{cfg.dataset}-{method_name(cfg).replace('+', '-')}-{key}")
+
+
+def run_folder(cfg, k, s):
+    """The folder of class k, seed s inside the sweep folder."""
+    return os.path.join(sweep_folder(cfg), f"class{k}-seed{s}-{method_name(cfg).replace('+', '-')}")
+
+
+def sweep(cfg, device):
+    """Every (class, seed) pair into fixed folder names; finished runs are skipped; then the summary."""
+    seeds = cfg.seeds or [cfg.seed]
+    folder = sweep_folder(cfg)
     rows = []
-    for k in classes:
+    for k in classes_of(cfg):
         for s in seeds:
-            run_dir = os.path.join(folder, f"class{k}-seed{s}-{method_name(cfg).replace('+', '-')}")
+            run_dir = run_folder(cfg, k, s)
             done = os.path.join(run_dir, "metrics.json")
             if os.path.exists(done):
                 print(f"skipping {run_dir}: finished before")
@@ -365,15 +381,19 @@ def write_summary(folder, rows, cfg):
     print("\n" + "\n".join(lines) + f"\nsummary written to {folder}")
 
 
+def parse_config(argv=None):
+    """Flags -> a resolved Config (raises UserError on a bad value)."""
+    args = make_parser().parse_args(argv)
+    return resolve(Config(**{k: v for k, v in vars(args).items() if v is not None and v is not False}))
+
+
 def main(argv=None):
     """Parse flags into a Config, then run once or sweep. Returns the metrics (list for a sweep)."""
-    args = make_parser().parse_args(argv)
-    given = {k: v for k, v in vars(args).items() if v is not None and v is not False}
     try:
-        cfg = resolve(Config(**given))
+        cfg = parse_config(argv)
         print("config:", json.dumps(dataclasses.asdict(cfg)))
         device = pick_device(cfg.device)
-        if cfg.normal_class == "all" or cfg.seeds:
+        if len(classes_of(cfg)) > 1 or cfg.seeds:
             return sweep(cfg, device)
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = os.path.join(cfg.out, f"{stamp}-{cfg.dataset}-{cfg.normal_class}-{cfg.pretrain}-{cfg.objective}")

@@ -986,11 +986,23 @@ def test_run_sweep_resumes_and_summarises(tiny_root, tmp_path, capsys):
     assert [m["auroc"] for m in again] == [m["auroc"] for m in first]
 
 
+def test_run_class_list_sweeps_exactly_those_classes(tiny_root, tmp_path):
+    # property: --normal-class 3,5 runs classes 3 and 5 and nothing else, into the same sweep folder as 'all'
+    args = ["--data-root", tiny_root, "--out", str(tmp_path), "--objective", "ae", "--normal-class", "3,5",
+            "--seeds", "0"] + FAST[:2] + FAST[-1:] + ["--batch-size", "64"]
+    rows = run.main(args)
+    assert [m["normal_class"] for m in rows] == [3, 5]
+    assert sorted(p.name for p in tmp_path.glob("sweep-*/class*")) == ["class3-seed0-ae-ae", "class5-seed0-ae-ae"]
+    assert run.sweep_folder(run.parse_config(args)) == run.sweep_folder(run.parse_config(
+        [a if a != "3,5" else "all" for a in args]))
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--objective", "kmeans"], "invalid choice"),
     (["--nu", "0"], "--nu must lie in (0, 1]"),
     (["--nu", "1.5"], "--nu must lie in (0, 1]"),
     (["--normal-class", "10"], "--normal-class must be 0..9"),
+    (["--normal-class", "0,12"], "--normal-class must be 0..9"),
     (["--pollution-rate", "1"], "--pollution-rate must lie in [0, 1)"),
 ])
 def test_run_bad_flag_exits_nonzero_with_message(argv, message, capsys):
@@ -1018,3 +1030,74 @@ def test_run_nan_loss_names_stage_and_epoch(tiny_root, tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert e.value.code == 1 and "pretrain ae" in err and "epoch 1" in err
     assert not list(tmp_path.glob("*/metrics.json"))                 # no result passed off as whole
+
+
+# ------------------------------------------------------------------ EXERCISES.md checks
+
+def _mnist_subset(n_train=600, n_test=1000):
+    d = data.one_class_split("mnist", 0, root=os.path.join(HERE, "data"))
+    return d.x_train[:n_train], d.x_test[:n_test], d.y_test[:n_test].numpy()
+
+
+def test_exercise_collapse_bias_in_last_layer():
+    # property (Deep SVDD Prop. 2): with a bias in phi's last layer, W = 0 and b = c is a perfect optimum
+    # of the one-class loss - zero on every image - and its scores cannot tell anomalies apart
+    x, xt, yt = _mnist_subset()
+    torch.manual_seed(0)
+    phi = ae.build_encoder("mnist")
+    phi.fc = nn.Linear(phi.fc.in_features, phi.rep_dim, bias=True)     # the flaw: a bias term
+    c = svdd.init_center(phi, x)
+    trained_loss = svdd.one_class_loss(svdd.svdd_scores(phi, c, x)).item()
+    with torch.no_grad():
+        phi.fc.weight.zero_()
+        phi.fc.bias.copy_(c)                                          # phi(x) = c for every x
+    scores = svdd.svdd_scores(phi, c, xt)
+    assert svdd.one_class_loss(svdd.svdd_scores(phi, c, x)).item() == 0.0 < trained_loss
+    assert torch.all(scores == 0) and evaluate.auroc(yt, scores.numpy()) == 0.5
+
+
+def test_exercise_collapse_trained_center():
+    # property (Deep SVDD Prop. 1): if c were trained with W, the bias-free net's W = 0, c = 0 reaches loss 0;
+    # with c fixed away from 0 (init_center's |c_j| >= 0.1), zero weights cost ||c||^2 instead
+    x, _, _ = _mnist_subset()
+    torch.manual_seed(0)
+    phi = ae.build_encoder("mnist")
+    c = svdd.init_center(phi, x)
+    with torch.no_grad():
+        phi.fc.weight.zero_()                                         # phi(x) = 0 for every x
+    assert svdd.one_class_loss(svdd.svdd_scores(phi, torch.zeros_like(c), x)).item() == 0.0
+    fixed = svdd.one_class_loss(svdd.svdd_scores(phi, c, x)).item()
+    assert fixed == pytest.approx(c.pow(2).sum().item()) and fixed >= 0.1 ** 2 * phi.rep_dim
+
+
+@pytest.mark.parametrize("activation", ["linear", "sigmoid"])
+def test_exercise_ocnn_linear_objective_is_unbounded(activation):
+    # property: with linear g, scaling (w, V) by t and r by t^2 scales the whole OC-NN loss by t^2, so a
+    # negative loss runs to -inf as t grows; with a sigmoid g, |y_hat| <= ||w||_1 whatever z is
+    torch.manual_seed(0)
+    head, z, nu, t = ocnn.OCNN(8, hidden=4, activation=activation), torch.randn(50, 8) + 3.0, 0.1, 10.0
+    r = ocnn.update_r(head(z).detach(), nu)
+    base = ocnn.ocnn_loss(head(z), r, head, nu).item()
+    with torch.no_grad():
+        head.V.weight.mul_(t)
+        head.w.weight.mul_(t)
+    scaled = ocnn.ocnn_loss(head(z), r * t ** 2, head, nu).item()
+    if activation == "linear":
+        assert scaled == pytest.approx(t ** 2 * base, rel=1e-4)
+    else:                                                             # bounded: |y_hat| <= ||w||_1 for any z
+        assert head(1e3 * z).abs().max().item() <= head.w.weight.abs().sum().item() + 1e-4
+
+
+def test_ablations_every_variant_parses_and_shared_runs_share_folders():
+    # property: each ablation variant is a valid run.py command, and a variant that two questions share
+    # (OC-NN joint at encoder lr 1e-5) resolves to one sweep folder, so it is trained once
+    sys.path.insert(0, os.path.join(HERE, "results", "ablations"))
+    import ablations
+    folders = {}
+    for question, (_, variants) in ablations.QUESTIONS.items():
+        for series, x, flags in variants:
+            cfg = run.parse_config(ablations.variant_argv("mnist", flags))
+            assert run.classes_of(cfg) == [0, 2, 5] and cfg.seeds == [0, 1, 2]
+            folders[(question, x)] = run.sweep_folder(cfg)
+    assert folders[("objective", "OC-NN joint (50 ep)")] == folders[("encoder-lr", 1e-5)]
+    assert len({folders[("encoder-lr", lr)] for lr in [0, 1e-6, 1e-5, 1e-4]}) == 4

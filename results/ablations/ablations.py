@@ -1,0 +1,195 @@
+"""Ablations: what the representation and the objective each do to anomaly detection.
+
+    python results/ablations/ablations.py commands pollution   # print the run.py sweeps of one question
+    python results/ablations/ablations.py run pollution        # run them (resumable: finished runs are skipped)
+    python results/ablations/ablations.py report               # CSVs + one figure per question, here
+
+Questions (QUESTIONS below; every variant is one `run.py` sweep over classes 0, 2, 5 and seeds 0, 1, 2):
+  pollution   AE vs RCAE pretraining under pollution 0, 0.01, 0.05, 0.1; DCAE score (reconstruction error)
+  objective   DCAE vs one-class vs soft-boundary Deep SVDD vs OC-NN on the same pretrained autoencoder
+  encoder-lr  OC-NN z-only (encoder frozen) vs joint with encoder lr 1e-6, 1e-5, 1e-4
+  nu          nu = 0.01, 0.05, 0.1, 0.2 for soft-boundary Deep SVDD and OC-NN: AUROC, and the fraction of
+              points beyond R (outside the sphere) / below r (under the hyperplane), training and test-normal
+
+The runs go to runs/repro, the folder of the reproduction tables, so every question reuses the full-schedule
+autoencoders of runs/repro/ae-cache (150 epochs); only the second stages and the `pollution` pretraining
+use the reduced budgets written in the flags below (2 CPU cores). `--dataset cifar10` runs the same
+questions on CIFAR-10 class 0 (airplane, the JPEG copy), one seed, at the budget in CIFAR10_BASE.
+"""
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+import run  # noqa: E402  (the repository's run.py)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BASES = {
+    "mnist": dict(classes=[0, 2, 5], seeds=[0, 1, 2], flags=["--out", "runs/repro"]),
+    "cifar10": dict(classes=[0], seeds=[0], flags=["--dataset", "cifar10", "--out", "runs/repro-cifar10-budget",
+                                                   "--ae-epochs", "10", "--ae-milestones", "8",
+                                                   "--svdd-epochs", "10"]),
+}
+NUS = [0.01, 0.05, 0.1, 0.2]
+SOFT_NU = ["--objective", "soft-svdd", "--svdd-epochs", "30"]               # budget: 30 of 150 epochs
+OCNN_SHORT = ["--ocnn-epochs", "50", "--ocnn-lr-drop", "20"]                 # budget: 50 of 250 epochs
+AE_SHORT = ["--objective", "ae", "--ae-epochs", "20", "--ae-milestones", "15"]  # budget: 20 of 150 epochs
+
+# question -> (x-axis label, [(series, x, run.py flags)]); a variant's flags come after the base flags
+QUESTIONS = {
+    "pollution": ("pollution rate of the training set", [
+        (name, p, AE_SHORT + ["--pollution-rate", str(p)] + extra)
+        for name, extra in [("AE", []), ("RCAE (lambda 0.1, 4 x 5 epochs)",
+                                          ["--pretrain", "rcae", "--rcae-lambda", "0.1", "--rcae-iters", "4"])]
+        for p in [0.0, 0.01, 0.05, 0.1]]),
+    "objective": ("objective on the pretrained encoder", [
+        ("same AE", "DCAE", ["--objective", "ae"]),
+        ("same AE", "one-class SVDD", ["--objective", "svdd"]),
+        ("same AE", "soft-boundary SVDD", ["--objective", "soft-svdd"]),
+        ("same AE", "OC-NN z-only", ["--objective", "ocnn"]),
+        ("same AE", "OC-NN joint (50 ep)", ["--objective", "ocnn", "--joint", "--encoder-lr", "1e-5"] + OCNN_SHORT)]),
+    "encoder-lr": ("encoder learning rate (0 = z-only, encoder frozen)", [
+        ("OC-NN, 50 epochs", lr, ["--objective", "ocnn"] + OCNN_SHORT +
+         (["--joint", "--encoder-lr", str(lr)] if lr else []))
+        for lr in [0, 1e-6, 1e-5, 1e-4]]),
+    "nu": ("nu", [(name, nu, flags + ["--nu", str(nu)]) for nu in NUS for name, flags in
+                  [("soft-boundary SVDD (30 ep)", SOFT_NU), ("OC-NN z-only", ["--objective", "ocnn"])]]),
+}
+
+
+def variant_argv(dataset, flags):
+    """The run.py flags of one variant: the base (classes, seeds, output folder), then the variant's own."""
+    b = BASES[dataset]
+    return (b["flags"] + ["--normal-class", ",".join(map(str, b["classes"])), "--seeds"] +
+            [str(s) for s in b["seeds"]] + ["--quiet"] + flags)
+
+
+def beyond_fractions(run_dir, cfg):
+    """(training fraction beyond R / below r at the last epoch, the same fraction on the normal test images).
+
+    Beyond = strictly outside the sphere (soft-boundary SVDD, score d^2 - R^2 > 0) or strictly below the
+    hyperplane (OC-NN, score r - y_hat > 0); the nu-property bounds the training fraction by nu.
+    """
+    if cfg.objective not in ("soft-svdd", "ocnn"):
+        return None, None
+    with open(os.path.join(run_dir, "history.json")) as f:
+        last = json.load(f)[cfg.objective][-1]
+    train = last["frac_out"] if cfg.objective == "soft-svdd" else last["frac_below"]
+    rows = list(csv.DictReader(open(os.path.join(run_dir, "scores.csv"))))
+    normal = np.array([float(r["score"]) for r in rows if r["label"] == "0"])
+    return train, float((normal > 0).mean())
+
+
+def collect(question, dataset):
+    """One row per (variant, class, seed) that has finished; unfinished runs are listed on stderr."""
+    _, variants = QUESTIONS[question]
+    rows, missing = [], 0
+    for series, x, flags in variants:
+        cfg = run.parse_config(variant_argv(dataset, flags))
+        for k in run.classes_of(cfg):
+            for s in cfg.seeds:
+                run_dir = os.path.join(ROOT, run.run_folder(cfg, k, s))
+                path = os.path.join(run_dir, "metrics.json")
+                if not os.path.exists(path):
+                    missing += 1
+                    continue
+                m = json.load(open(path))
+                train, test = beyond_fractions(run_dir, cfg)
+                rows.append({"series": series, "x": x, "normal_class": k, "seed": s, "auroc": 100 * m["auroc"],
+                             "frac_beyond_train": train, "frac_beyond_test_normal": test,
+                             "N_l1_normal": m.get("N_l1_per_image_normal"),
+                             "N_l1_polluted": m.get("N_l1_per_image_polluted"), "seconds": m["seconds"]})
+    if missing:
+        print(f"{question} ({dataset}): {missing} runs not finished yet", file=sys.stderr)
+    return rows
+
+
+def summarize(rows):
+    """mean and std (population, over seeds) per (series, x, class) of every numeric column."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["series"], r["x"], r["normal_class"]), []).append(r)
+    out = []
+    for (series, x, k), rs in groups.items():
+        row = {"series": series, "x": x, "normal_class": k, "n_seeds": len(rs),
+               "seeds": " ".join(str(r["seed"]) for r in rs)}
+        for col in ("auroc", "frac_beyond_train", "frac_beyond_test_normal", "N_l1_normal", "N_l1_polluted",
+                    "seconds"):
+            vals = [r[col] for r in rs if r[col] is not None]
+            if vals:
+                row[col + "_mean"], row[col + "_std"] = round(float(np.mean(vals)), 4), round(float(np.std(vals)), 4)
+        out.append(row)
+    return out
+
+
+def plot(question, dataset, table, path):
+    """One panel per normal class: AUROC against the varied setting, one line per series, std error bars."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    xlabel, variants = QUESTIONS[question]
+    xs = list(dict.fromkeys(x for _, x, _ in variants))
+    categorical = any(isinstance(x, str) for x in xs)
+    classes = sorted({r["normal_class"] for r in table})
+    fig, axes = plt.subplots(1, len(classes), figsize=(4.2 * len(classes), 3.6), squeeze=False)
+    for ax, k in zip(axes[0], classes):
+        for series in dict.fromkeys(s for s, _, _ in variants):
+            pts = [r for r in table if r["series"] == series and r["normal_class"] == k]
+            pts.sort(key=lambda r: xs.index(r["x"]))
+            pos = [xs.index(r["x"]) if categorical else r["x"] for r in pts]
+            ax.errorbar(pos, [r["auroc_mean"] for r in pts], yerr=[r["auroc_std"] for r in pts], marker="o",
+                        capsize=3, label=series, linestyle="none" if categorical else "-")
+        ax.set_title(f"{dataset} normal class {k}")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("AUROC % (mean +- std over seeds)")
+        if categorical:
+            ax.set_xticks(range(len(xs)))
+            ax.set_xticklabels(xs, rotation=30, ha="right")
+        elif question in ("encoder-lr",):
+            ax.set_xscale("symlog", linthresh=1e-6)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(dataset):
+    """results/ablations/<dataset>-<question>.csv and .png for every question with finished runs."""
+    for question in QUESTIONS:
+        table = summarize(collect(question, dataset))
+        if not table:
+            continue
+        stem = os.path.join(HERE, f"{dataset}-{question}")
+        cols = list(dict.fromkeys(c for r in table for c in r))
+        with open(stem + ".csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols)
+            w.writeheader()
+            w.writerows(table)
+        plot(question, dataset, table, stem + ".png")
+        print(f"wrote {stem}.csv and .png ({len(table)} rows)")
+
+
+def main(argv):
+    dataset = "cifar10" if "--dataset" in argv and argv[argv.index("--dataset") + 1] == "cifar10" else "mnist"
+    argv = [a for a in argv if a not in ("--dataset", "cifar10", "mnist")]
+    if not argv or argv[0] not in ("commands", "run", "report") or (argv[0] != "report" and
+                                                                     (len(argv) < 2 or argv[1] not in QUESTIONS)):
+        sys.exit(f"usage: ablations.py commands|run {{{','.join(QUESTIONS)}}} | report  [--dataset cifar10]")
+    if argv[0] == "report":
+        return report(dataset)
+    os.chdir(ROOT)
+    for _, _, flags in QUESTIONS[argv[1]][1]:
+        args = variant_argv(dataset, flags)
+        if argv[0] == "commands":
+            print("python run.py " + " ".join(args))
+        else:
+            run.main(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
