@@ -1101,3 +1101,15 @@ def test_ablations_every_variant_parses_and_shared_runs_share_folders():
             folders[(question, x)] = run.sweep_folder(cfg)
     assert folders[("objective", "OC-NN joint (50 ep)")] == folders[("encoder-lr", 1e-5)]
     assert len({folders[("encoder-lr", lr)] for lr in [0, 1e-6, 1e-5, 1e-4]}) == 4
+
+
+def test_exercises_checks_name_existing_tests():
+    # property: every `pytest -k "a or b"` check in EXERCISES.md picks at least one test of this file per term
+    import re
+    text = open(os.path.join(HERE, "EXERCISES.md")).read()
+    names = [n for n in globals() if n.startswith("test_")]
+    exprs = re.findall(r'-k "([^"]+)"', text)
+    assert len(exprs) >= 6
+    for expr in exprs:
+        for term in expr.split(" or "):
+            assert any(term.strip() in n for n in names), f"EXERCISES.md: -k {term!r} selects no test"

@@ -1,0 +1,69 @@
+"""Why OC-NN trails Deep SVDD here: the same codes, scored by a hyperplane and by a sphere.
+
+    python results/ocnn_check.py            # MNIST classes 0 2 5, seeds 0 1 2, from finished runs in runs/repro
+
+For every finished OC-NN run of the reproduction sweep (z-only, reference schedule) and of the encoder-lr
+ablation (joint, encoder lr 1e-5, 50 epochs; see results/ablations/ablations.py) it loads the saved encoder
+and head and prints the test AUROC (%) of three scores computed on the very same codes z = phi(x):
+
+  hyperplane   r - y_hat(x), the OC-NN score run.py reported (linear g: y_hat = <u, z>, u = V^T w)
+  mean-proj    -<m, z>, m = the mean training code: the direction a linear head drifts to (ocnn.py docstring)
+  sphere       ||z - m||^2: a hypersphere distance on the same encoder - what the OC-NN authors' public
+               code scored, and Deep SVDD's score before any Deep SVDD training
+and cos(u, m), how close the learnt direction is to the mean code.
+"""
+import os
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import ae  # noqa: E402
+import evaluate  # noqa: E402
+import ocnn  # noqa: E402
+import run  # noqa: E402
+
+REGIMES = {"z-only": ["--objective", "ocnn"],
+           "joint 1e-5": ["--objective", "ocnn", "--joint", "--encoder-lr", "1e-5", "--ocnn-epochs", "50",
+                          "--ocnn-lr-drop", "20"]}
+
+
+@torch.no_grad()
+def check(run_dir, cfg):
+    """The four figures for one finished run, or None if it has not finished."""
+    if not os.path.exists(os.path.join(run_dir, "metrics.json")):
+        return None
+    saved = torch.load(os.path.join(run_dir, "model.pt"), weights_only=True)
+    phi = ae.build_encoder(cfg.dataset, cfg.rep_dim)
+    phi.load_state_dict(saved["phi"])
+    head = ocnn.OCNN(cfg.rep_dim, cfg.ocnn_hidden, cfg.ocnn_activation)
+    head.load_state_dict(saved["head"])
+    d = run.load_split(cfg, int(cfg.normal_class), "cpu")
+    z_train, z_test = ae.encode(phi, d.x_train), ae.encode(phi, d.x_test)   # eval mode
+    m = z_train.mean(dim=0)                                                  # (D,)
+    u = (head.w.weight @ head.V.weight).squeeze(0)                           # (D,) linear g only
+    y = d.y_test.numpy()
+    scores = {"hyperplane": saved["r"] - head(z_test), "mean-proj": -(z_test @ m),
+              "sphere": ((z_test - m) ** 2).sum(dim=1)}
+    out = {k: 100 * evaluate.auroc(y, s.numpy()) for k, s in scores.items()}
+    out["cos(u, m)"] = torch.nn.functional.cosine_similarity(u, m, dim=0).item()
+    return out
+
+
+def main():
+    os.chdir(ROOT)
+    print("| class | seed | OC-NN regime | hyperplane | mean-proj | sphere | cos(u, m) |")
+    print("|---|---|---|---|---|---|---|")
+    for k in (0, 2, 5):
+        for s in (0, 1, 2):
+            for regime, flags in REGIMES.items():
+                cfg = run.parse_config(["--out", "runs/repro", "--normal-class", str(k), "--seed", str(s)] + flags)
+                res = check(run.run_folder(cfg, k, s), cfg)
+                if res:
+                    print(f"| {k} | {s} | {regime} | {res['hyperplane']:.2f} | {res['mean-proj']:.2f} | "
+                          f"{res['sphere']:.2f} | {res['cos(u, m)']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
