@@ -5,22 +5,31 @@
 Each CSV is a sweep's summary.csv (run.py writes one per sweep folder) copied here under a telling name.
 The published AUROCs (%) are the Deep SVDD paper's Table 1 (Ruff et al., ICML 2018; mean over 10 seeds)
 and the OC-NN paper's column (Chalapathy et al., arXiv:1802.06360; polluted training data, another
-protocol); they are references to compare with, not results of this code.
+protocol). They are references to compare with, not results of this code; CIFAR-10 figures of this
+project come from a JPEG-75 copy of the data, the papers' from the original.
 """
 import csv
 import sys
 
-PAPER = {  # method -> published AUROC % for MNIST classes 0..9
-    "ae+ae": [97.6, 98.3, 85.4, 86.7, 86.5, 78.2, 94.6, 92.3, 86.5, 90.4],          # DCAE
-    "ae+soft-svdd": [97.8, 99.6, 89.5, 90.3, 93.8, 85.8, 98.0, 92.7, 92.9, 94.9],
-    "ae+svdd": [98.0, 99.7, 91.7, 91.9, 94.9, 88.5, 98.3, 94.6, 93.9, 96.5],
-    "ae+ocnn": [97.60, 99.53, 87.32, 86.52, 93.25, 86.48, 97.12, 93.64, 88.54, 93.54],
-    "ae+ocnn-joint": [97.60, 99.53, 87.32, 86.52, 93.25, 86.48, 97.12, 93.64, 88.54, 93.54],
+OCNN_MNIST = [97.60, 99.53, 87.32, 86.52, 93.25, 86.48, 97.12, 93.64, 88.54, 93.54]
+OCNN_CIFAR = [60.42, 61.97, 63.66, 53.57, 67.40, 56.11, 63.31, 60.09, 64.67, 60.32]
+PAPER = {  # dataset -> method -> published AUROC % for classes 0..9
+    "mnist": {
+        "ae+ae": [97.6, 98.3, 85.4, 86.7, 86.5, 78.2, 94.6, 92.3, 86.5, 90.4],          # DCAE
+        "ae+soft-svdd": [97.8, 99.6, 89.5, 90.3, 93.8, 85.8, 98.0, 92.7, 92.9, 94.9],
+        "ae+svdd": [98.0, 99.7, 91.7, 91.9, 94.9, 88.5, 98.3, 94.6, 93.9, 96.5],
+        "ae+ocnn": OCNN_MNIST, "ae+ocnn-joint": OCNN_MNIST},
+    "cifar10": {
+        "ae+ae": [59.1, 57.4, 48.9, 58.4, 54.0, 62.2, 51.2, 58.6, 76.8, 67.3],
+        "ae+soft-svdd": [61.7, 64.8, 49.5, 56.0, 59.1, 62.1, 67.8, 65.2, 75.6, 71.0],
+        "ae+svdd": [61.7, 65.9, 50.8, 59.1, 60.9, 65.7, 67.7, 67.3, 75.9, 73.1],
+        "ae+ocnn": OCNN_CIFAR, "ae+ocnn-joint": OCNN_CIFAR},
 }
 
 
 def main(paths):
     rows = [r for p in paths for r in csv.DictReader(open(p))]
+    paper_of = PAPER[rows[0]["dataset"]]
     methods = list(dict.fromkeys(r["method"] for r in rows))
     by = {(r["method"], int(r["normal_class"])): r for r in rows}
     classes = sorted({int(r["normal_class"]) for r in rows})
@@ -29,7 +38,7 @@ def main(paths):
     for k in classes:
         cells = []
         for m in methods:
-            r, paper = by.get((m, k)), PAPER.get(m, [None] * 10)[k]
+            r, paper = by.get((m, k)), paper_of.get(m, [None] * 10)[k]
             if r is None:
                 mine = "-"
             elif int(r["n_seeds"]) == 1:                     # no spread to report from one seed
@@ -41,7 +50,7 @@ def main(paths):
     means = []
     for m in methods:
         vals = [float(by[(m, k)]["auroc_mean"]) for k in classes if (m, k) in by]
-        paper = PAPER.get(m)
+        paper = paper_of.get(m)
         ref = f" ({sum(paper[k] for k in classes) / len(classes):.2f})" if paper else ""
         means.append(f"{sum(vals) / len(vals):.2f}{ref}")
     print("| mean | " + " | ".join(means) + " |")
