@@ -1,6 +1,7 @@
 """Why OC-NN trails Deep SVDD here: the same codes, scored by a hyperplane and by a sphere.
 
     python results/ocnn_check.py            # MNIST classes 0 2 5, seeds 0 1 2, from finished runs in runs/repro
+    python results/ocnn_check.py runs/<time>-mnist-0-ae-ocnn ...      # or any OC-NN run folders
 
 For every finished OC-NN run of the reproduction sweep (z-only, reference schedule) and of the encoder-lr
 ablation (joint, encoder lr 1e-5, 50 epochs; see results/ablations/ablations.py) it loads the saved encoder
@@ -12,6 +13,7 @@ and head and prints the test AUROC (%) of three scores computed on the very same
                code scored, and Deep SVDD's score before any Deep SVDD training
 and cos(u, m), how close the learnt direction is to the mean code.
 """
+import json
 import os
 import sys
 
@@ -51,19 +53,32 @@ def check(run_dir, cfg):
     return out
 
 
-def main():
-    os.chdir(ROOT)
+def row(k, s, regime, res):
+    print(f"| {k} | {s} | {regime} | {res['hyperplane']:.2f} | {res['mean-proj']:.2f} | "
+          f"{res['sphere']:.2f} | {res['cos(u, m)']:.3f} |")
+
+
+def main(folders):
     print("| class | seed | OC-NN regime | hyperplane | mean-proj | sphere | cos(u, m) |")
     print("|---|---|---|---|---|---|---|")
+    for folder in folders:                                                   # run folders named on the command line
+        path = os.path.join(folder, "config.json")
+        cfg = run.Config(**json.load(open(path))) if os.path.exists(path) else None
+        res = check(folder, cfg) if cfg is not None and cfg.objective == "ocnn" else None
+        if res is None:
+            sys.exit(f"{folder} is not a finished OC-NN run (it needs config.json of an ocnn run and metrics.json)")
+        row(cfg.normal_class, cfg.seed, f"joint {cfg.encoder_lr:g}" if cfg.joint else "z-only", res)
+    if folders:
+        return
+    os.chdir(ROOT)
     for k in (0, 2, 5):
         for s in (0, 1, 2):
             for regime, flags in REGIMES.items():
                 cfg = run.parse_config(["--out", "runs/repro", "--normal-class", str(k), "--seed", str(s)] + flags)
                 res = check(run.run_folder(cfg, k, s), cfg)
                 if res:
-                    print(f"| {k} | {s} | {regime} | {res['hyperplane']:.2f} | {res['mean-proj']:.2f} | "
-                          f"{res['sphere']:.2f} | {res['cos(u, m)']:.3f} |")
+                    row(k, s, regime, res)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
