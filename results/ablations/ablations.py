@@ -127,7 +127,9 @@ def summarize(rows):
 
 
 def plot(question, dataset, table, path):
-    """One panel per normal class: AUROC against the varied setting, one line per series, std error bars."""
+    """One panel per normal class: AUROC against the varied setting, one line per series, std error bars,
+    n = the number of seeds behind each point. For `nu`, a second row: the fraction of points beyond R /
+    below r against nu, on the training set (bounded by nu, the dashed line) and on the normal test images."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -135,24 +137,40 @@ def plot(question, dataset, table, path):
     xs = list(dict.fromkeys(x for _, x, _ in variants))
     categorical = any(isinstance(x, str) for x in xs)
     classes = sorted({r["normal_class"] for r in table})
-    fig, axes = plt.subplots(1, len(classes), figsize=(4.2 * len(classes), 3.6), squeeze=False)
-    for ax, k in zip(axes[0], classes):
+    rows = 2 if question == "nu" else 1
+    fig, axes = plt.subplots(rows, len(classes), figsize=(4.2 * len(classes), 3.6 * rows), squeeze=False)
+    for col, k in enumerate(classes):
+        ax = axes[0][col]
         for series in dict.fromkeys(s for s, _, _ in variants):
-            pts = [r for r in table if r["series"] == series and r["normal_class"] == k]
-            pts.sort(key=lambda r: xs.index(r["x"]))
+            pts = sorted((r for r in table if r["series"] == series and r["normal_class"] == k),
+                         key=lambda r: xs.index(r["x"]))
             pos = [xs.index(r["x"]) if categorical else r["x"] for r in pts]
-            ax.errorbar(pos, [r["auroc_mean"] for r in pts], yerr=[r["auroc_std"] for r in pts], marker="o",
-                        capsize=3, label=series, linestyle="none" if categorical else "-")
+            bars = ax.errorbar(pos, [r["auroc_mean"] for r in pts], yerr=[r["auroc_std"] for r in pts], marker="o",
+                               capsize=3, label=series, linestyle="none" if categorical else "-")
+            for p, r in zip(pos, pts):
+                ax.annotate(f"n={r['n_seeds']}", (p, r["auroc_mean"]), fontsize=6, xytext=(3, 3),
+                            textcoords="offset points")
+            if rows == 2:
+                for key, style in (("frac_beyond_train_mean", "-o"), ("frac_beyond_test_normal_mean", "--s")):
+                    axes[1][col].plot(pos, [r[key] for r in pts], style, color=bars[0].get_color(), label=f"{series}, "
+                                      f"{'training' if 'train' in key else 'normal test'}")
         ax.set_title(f"{dataset} normal class {k}")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("AUROC % (mean +- std over seeds)")
         if categorical:
             ax.set_xticks(range(len(xs)))
             ax.set_xticklabels(xs, rotation=30, ha="right")
-        elif question in ("encoder-lr",):
+        elif question == "encoder-lr":
             ax.set_xscale("symlog", linthresh=1e-6)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+        if rows == 2:
+            axes[1][col].plot(xs, xs, "k:", label="nu (the bound on training)")
+            axes[1][col].set_xlabel("nu")
+            axes[1][col].set_ylabel("fraction beyond R / below r")
+            axes[1][col].grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    if rows == 2:
+        axes[1][0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
