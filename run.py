@@ -10,7 +10,7 @@ file that knows every other one: data.py -> ae.py | rcae.py -> svdd.py | ocnn.py
 
 Run folder: <out>/<time>-<dataset>-<class>-<pretrain>-<objective>/ with config.json, history.json,
 scores.csv (test index, label, score), model.pt, plots/ and, written last and atomically, metrics.json:
-a folder without metrics.json is an unfinished run. A sweep (--normal-class all and/or --seeds ...)
+a folder without metrics.json is an unfinished run. A sweep (--normal-class all or 0,2,5, and/or --seeds ...)
 writes its runs into <out>/sweep-<dataset>-<pretrain>-<objective>-<hash of the settings>/ under fixed
 names, skips those that finished when started again, and writes summary.csv and summary.md.
 Pretrained autoencoders are cached in <out>/ae-cache/, keyed on the data, the pretraining settings and
