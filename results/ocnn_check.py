@@ -21,14 +21,14 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "results", "ablations"))
+import ablations  # noqa: E402  (the joint runs are the ablation's)
 import ae  # noqa: E402
 import evaluate  # noqa: E402
 import ocnn  # noqa: E402
 import run  # noqa: E402
 
-REGIMES = {"z-only": ["--objective", "ocnn"],
-           "joint 1e-5": ["--objective", "ocnn", "--joint", "--encoder-lr", "1e-5", "--ocnn-epochs", "50",
-                          "--ocnn-lr-drop", "20"]}
+REGIMES = {"z-only": ["--objective", "ocnn"], "joint 1e-5": ablations.OCNN_JOINT}
 
 
 @torch.no_grad()

@@ -38,6 +38,7 @@ NUS = [0.01, 0.05, 0.1, 0.2]
 SOFT_NU = ["--objective", "soft-svdd", "--svdd-epochs", "30"]               # budget: 30 of 150 epochs
 OCNN_SHORT = ["--ocnn-epochs", "50", "--ocnn-lr-drop", "20"]                 # budget: 50 of 250 epochs
 AE_SHORT = ["--objective", "ae", "--ae-epochs", "20", "--ae-milestones", "15"]  # budget: 20 of 150 epochs
+OCNN_JOINT = ["--objective", "ocnn", "--joint", "--encoder-lr", "1e-5"] + OCNN_SHORT  # the seed lab's encoder lr
 
 # question -> (x-axis label, [(series, x, run.py flags)]); a variant's flags come after the base flags
 QUESTIONS = {
@@ -51,7 +52,7 @@ QUESTIONS = {
         ("same AE", "one-class SVDD", ["--objective", "svdd"]),
         ("same AE", "soft-boundary SVDD", ["--objective", "soft-svdd"]),
         ("same AE", "OC-NN z-only", ["--objective", "ocnn"]),
-        ("same AE", "OC-NN joint (50 ep)", ["--objective", "ocnn", "--joint", "--encoder-lr", "1e-5"] + OCNN_SHORT)]),
+        ("same AE", "OC-NN joint (50 ep)", OCNN_JOINT)]),
     "encoder-lr": ("encoder learning rate (0 = z-only, encoder frozen)", [
         ("OC-NN, 50 epochs", lr, ["--objective", "ocnn"] + OCNN_SHORT +
          (["--joint", "--encoder-lr", str(lr)] if lr else []))
