@@ -102,6 +102,10 @@ def bench(dataset, normal_class, device, reps, warmup, batch_size):
                                                           device, reps, 1), len(x_test),
                  count_flops(lambda: ae.reconstruct(plain, x_test))))
     ae.FUSED_UPSAMPLE = True
+    ae.FAST_POOL = False                                  # scoring with F.max_pool2d (argmax indices computed)
+    rows.append(("  scoring, F.max_pool2d", timed(lambda: ae.reconstruction_scores(model, x_test), device,
+                                                  reps, 1), len(x_test), fwd_ae))
+    ae.FAST_POOL = True
     c, R, hist = svdd.train_svdd(ae.encoder_copy(model), x, objective="one-class", epochs=epochs, **quiet)
     rows.append(("Deep SVDD epoch (one-class)", epoch_seconds(hist, warmup), n, step_phi * n_batches))
     phi = ae.encoder_copy(model)

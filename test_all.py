@@ -721,6 +721,17 @@ def test_ae_fused_upsample_equals_plain_layers(dataset, shape, monkeypatch):
     assert all((a - b).abs().max() <= 1e-4 * b.abs().max() for a, b in zip(g1, g0))   # float rounding only
 
 
+@pytest.mark.parametrize("shape", [(3, 8, 28, 28), (3, 4, 7, 7)])
+def test_ae_max_pool2_equals_max_pool2d(shape):
+    # property: ae.max_pool2 gives exactly F.max_pool2d(x, 2), with and without autograd, ties and odd sizes too
+    x = torch.randn(shape)
+    x[:, :, :4, :4] = 0.5                                              # exact ties, as on MNIST's background
+    with torch.no_grad():
+        assert torch.equal(ae.max_pool2(x), torch.nn.functional.max_pool2d(x, 2))
+    xr = x.clone().requires_grad_()
+    assert torch.equal(ae.max_pool2(xr), torch.nn.functional.max_pool2d(x, 2))
+
+
 def test_ae_encoder_state_loads_into_phi():
     # property: the encoder's state dict, BN running statistics included, loads into a stand-alone phi
     torch.manual_seed(0)
