@@ -110,6 +110,53 @@ def up2_deconv(deconv, x):
 
 
 # ---------------------------------------------------------------------------------------------------
+# Optional initialisation of the first convolution: a dictionary learned on image patches
+# ---------------------------------------------------------------------------------------------------
+
+def image_patches(x, size, n_images=500, seed=0):
+    """Every size x size patch of n_images random images of x, one row each, every pixel position (column)
+    standardised to mean 0 and std 1 over the patches: (n_images * L, C * size * size)."""
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n_images]
+    P = F.unfold(x[idx].float().cpu(), size)                              # (n, C size^2, L)
+    P = P.transpose(1, 2).reshape(-1, P.shape[1])
+    return (P - P.mean(0)) / P.std(0).clamp_min(1e-8)
+
+
+def sparse_code(P, D, alpha, steps=100):
+    """argmin_A 1/2 ||P - A D||^2 + alpha ||A||_1 (the lasso, one row of A per patch) by ISTA:
+    A <- soft_threshold(A - (A D - P) D^T / L, alpha / L), L the largest eigenvalue of D D^T."""
+    L = torch.linalg.eigvalsh(D @ D.T).max()
+    A = torch.zeros(len(P), len(D))
+    for _ in range(steps):
+        A = A - (A @ D - P) @ D.T / L
+        A = A.sign() * (A.abs() - alpha / L).clamp_min(0)
+    return A
+
+
+def dictionary_filters(x, n_filters, size, *, alpha=1.0, iters=30, n_patches=20000, seed=0):
+    """First-layer filters: the atoms of a sparse dictionary of the images' patches, (n_filters, C, size, size).
+
+    The Theano Deep SVDD code's `--weight_dict_init 1` (its mnist_cae.sh / mnist_svdd.sh; the PyTorch port
+    and this project's default use PyTorch's random init instead): patches of 500 random training images,
+    each pixel position standardised, then min_{D, A} 1/2 ||P - A D||^2 + alpha ||A||_1 with unit-norm atoms
+    (rows of D). There: scikit-learn's MiniBatchDictionaryLearning (1000 mini-batches of 10 patches); here:
+    full-batch alternation on n_patches random patches, `sparse_code` for A, then least squares for D and
+    each atom rescaled to norm 1 (an atom no patch uses restarts as a random patch).
+    """
+    g = torch.Generator().manual_seed(seed)
+    P = image_patches(x, size, seed=seed)
+    P = P[torch.randperm(len(P), generator=g)[:n_patches]]                # (n, d)
+    D = F.normalize(P[torch.randperm(len(P), generator=g)[:n_filters]], dim=1)
+    for _ in range(iters):
+        A = sparse_code(P, D, alpha)                                      # (n, n_filters)
+        D = torch.linalg.solve(A.T @ A + 1e-6 * torch.eye(n_filters), A.T @ P)
+        unused = A.abs().sum(0) == 0
+        D[unused] = P[torch.randint(len(P), (int(unused.sum()),), generator=g)]
+        D = F.normalize(D, dim=1)
+    return D.reshape(n_filters, x.shape[1], size, size)
+
+
+# ---------------------------------------------------------------------------------------------------
 # MNIST: 1x28x28 -> 32
 # ---------------------------------------------------------------------------------------------------
 

@@ -72,6 +72,8 @@ class Config:
     ae_weight_decay: float = opt(None, "None = 0.5e-3 MNIST / 0.5e-6 CIFAR-10")
     rcae_lambda: float = opt(0.1, "l1 weight of N; threshold lambda/2")
     rcae_iters: int = opt(5, "outer iterations T; each runs ae_epochs / T epochs")
+    ae_init: str = opt("default", "default (PyTorch's random init) | dict: the first convolution's filters "
+                                  "from a dictionary of image patches (the Theano code's --weight_dict_init)")
     # stage 2a: Deep SVDD
     svdd_epochs: int = opt(150, "Deep SVDD epochs")
     svdd_lr: float = opt(1e-4, "Deep SVDD Adam learning rate")
@@ -95,7 +97,7 @@ class Config:
 
 
 CHOICES = {"dataset": ("mnist", "cifar10"), "pretrain": ("ae", "rcae"), "objective": OBJECTIVES,
-           "device": ("auto", "cpu", "cuda"), "ocnn_activation": tuple(ocnn.ACTIVATIONS)}
+           "device": ("auto", "cpu", "cuda"), "ae_init": ("default", "dict"), "ocnn_activation": tuple(ocnn.ACTIVATIONS)}
 TYPES = {"nu": float, "rep_dim": int, "ae_epochs": int, "ae_weight_decay": float,
          "seeds": int, "ae_milestones": int, "svdd_milestones": int, "normal_class": str}
 
@@ -160,14 +162,20 @@ def banner(text):
     print(f"\n=== {text} ===", flush=True)
 
 
+# Fields added after sweeps had been run: hashed only when they differ from these values, so the folders
+# and cached autoencoders made before they existed keep their names.
+HASHED_WHEN_SET = {"ae_init": "default"}
+
+
 def settings_key(cfg, fields):
     """A short hash of the named config fields: equal settings -> equal key."""
-    blob = json.dumps({k: getattr(cfg, k) for k in fields}, sort_keys=True)
+    blob = json.dumps({k: getattr(cfg, k) for k in fields
+                       if k not in HASHED_WHEN_SET or getattr(cfg, k) != HASHED_WHEN_SET[k]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 PRETRAIN_FIELDS = ("dataset", "pollution_rate", "seed", "rep_dim", "batch_size", "pretrain", "ae_epochs",
-                   "ae_lr", "ae_milestones", "ae_weight_decay", "rcae_lambda", "rcae_iters")
+                   "ae_lr", "ae_milestones", "ae_weight_decay", "rcae_lambda", "rcae_iters", "ae_init")
 
 
 def pretrain(cfg, d, device):
@@ -186,6 +194,11 @@ def pretrain(cfg, d, device):
         model.load_state_dict(saved["ae"])
         print(f"reusing the pretrained autoencoder {path}")
         return model, saved["history"], saved["extra"]
+    if cfg.ae_init == "dict":                                         # before any training, RCAE's too
+        with torch.no_grad():
+            conv1 = model.encoder.conv1
+            conv1.weight.copy_(ae.dictionary_filters(d.x_train, conv1.out_channels, conv1.kernel_size[0],
+                                                     seed=cfg.seed))
     kw = dict(lr=cfg.ae_lr, weight_decay=cfg.ae_weight_decay, milestones=cfg.ae_milestones,
               batch_size=cfg.batch_size, seed=cfg.seed, verbose=not cfg.quiet)
     extra = {}

@@ -4,6 +4,7 @@ Sections: data.py, evaluate.py, the models (ae.py, rcae.py, svdd.py, ocnn.py), r
 tests use the MNIST shipped in data/ and, where `../shared/data` exists, the CIFAR-10 JPEG copy.
 """
 import contextlib
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -732,6 +733,21 @@ def test_ae_max_pool2_equals_max_pool2d(shape):
     assert torch.equal(ae.max_pool2(xr), torch.nn.functional.max_pool2d(x, 2))
 
 
+def test_ae_dictionary_filters_code_mnist_patches_better_than_random_atoms():
+    # property: the learned atoms (unit norm) reach a lower lasso objective on held-out MNIST patches than
+    # random unit-norm atoms, the same number of them
+    x = data.one_class_split("mnist", 2, root=os.path.join(HERE, "data")).x_train
+    W = ae.dictionary_filters(x[:1000], 8, 5, iters=10, n_patches=5000)
+    assert W.shape == (8, 1, 5, 5) and torch.allclose(W.flatten(1).norm(dim=1), torch.ones(8))
+    P = ae.image_patches(x[1000:], 5, n_images=50, seed=1)
+
+    def lasso(D):
+        A = ae.sparse_code(P, D, 1.0)
+        return 0.5 * (P - A @ D).square().sum() + A.abs().sum()
+    random_atoms = nn.functional.normalize(torch.randn(8, 25, generator=torch.Generator().manual_seed(0)), dim=1)
+    assert lasso(W.flatten(1)) < 0.8 * lasso(random_atoms)
+
+
 def test_ae_encoder_state_loads_into_phi():
     # property: the encoder's state dict, BN running statistics included, loads into a stand-alone phi
     torch.manual_seed(0)
@@ -1006,6 +1022,24 @@ def test_run_class_list_sweeps_exactly_those_classes(tiny_root, tmp_path):
     assert sorted(p.name for p in tmp_path.glob("sweep-*/class*")) == ["class3-seed0-ae-ae", "class5-seed0-ae-ae"]
     assert run.sweep_folder(run.parse_config(args)) == run.sweep_folder(run.parse_config(
         [a if a != "3,5" else "all" for a in args]))
+
+
+def test_run_ae_init_dict_sets_conv1_and_keeps_default_hashes(tiny_root, tmp_path, monkeypatch):
+    # property: --ae-init dict puts the dictionary atoms into conv1 before training, in a sweep folder and
+    # cache entry of its own; the default adds nothing to the hash (folders made before the flag keep names)
+    base = ["--data-root", tiny_root, "--out", str(tmp_path), "--normal-class", "3", "--seeds", "0"]
+    cfg = run.parse_config(base)
+    fields = [f.name for f in dataclasses.fields(cfg) if f.name != "ae_init"]
+    assert run.settings_key(cfg, fields + ["ae_init"]) == run.settings_key(cfg, fields)
+    dict_cfg = run.parse_config(base + ["--ae-init", "dict"])
+    assert run.sweep_folder(dict_cfg) != run.sweep_folder(cfg)
+    seen = []
+    monkeypatch.setattr(ae, "dictionary_filters", lambda x, n, k, seed: seen.append(seed) or torch.ones(n, 1, k, k))
+    monkeypatch.setattr(ae, "train_autoencoder", lambda model, *a, **kw: [])
+    d = data.one_class_split("mnist", 3, root=tiny_root)
+    model, _, _ = run.pretrain(run.parse_config(["--out", str(tmp_path), "--ae-init", "dict", "--seed", "4"]), d,
+                               torch.device("cpu"))
+    assert seen == [4] and torch.equal(model.encoder.conv1.weight, torch.ones(8, 1, 5, 5))
 
 
 @pytest.mark.parametrize("argv,message", [
