@@ -97,7 +97,8 @@ class Config:
 
 
 CHOICES = {"dataset": ("mnist", "cifar10"), "pretrain": ("ae", "rcae"), "objective": OBJECTIVES,
-           "device": ("auto", "cpu", "cuda"), "ae_init": ("default", "dict"), "ocnn_activation": tuple(ocnn.ACTIVATIONS)}
+           "device": ("auto", "cpu", "cuda"), "ae_init": ("default", "dict"),
+           "ocnn_activation": tuple(ocnn.ACTIVATIONS)}
 TYPES = {"nu": float, "rep_dim": int, "ae_epochs": int, "ae_weight_decay": float,
          "seeds": int, "ae_milestones": int, "svdd_milestones": int, "normal_class": str}
 
