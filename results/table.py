@@ -4,6 +4,7 @@
 
 Each CSV is a sweep's summary.csv (run.py writes one per sweep folder) copied here under a telling name.
 The published AUROCs (%) are the Deep SVDD paper's Table 1 (Ruff et al., ICML 2018; mean over 10 seeds)
+with their stds (the last row lists the classes whose mean is more than one paper std below the paper),
 and the OC-NN paper's column (Chalapathy et al., arXiv:1802.06360; polluted training data, another
 protocol). They are references to compare with, not results of this code; CIFAR-10 figures of this
 project come from a JPEG-75 copy of the data, the papers' from the original.
@@ -24,6 +25,17 @@ PAPER = {  # dataset -> method -> published AUROC % for classes 0..9
         "ae+soft-svdd": [61.7, 64.8, 49.5, 56.0, 59.1, 62.1, 67.8, 65.2, 75.6, 71.0],
         "ae+svdd": [61.7, 65.9, 50.8, 59.1, 60.9, 65.7, 67.7, 67.3, 75.9, 73.1],
         "ae+ocnn": OCNN_CIFAR, "ae+ocnn-joint": OCNN_CIFAR},
+}
+
+PAPER_STD = {  # the same table's standard deviations over its 10 seeds (the OC-NN paper gives none)
+    "mnist": {
+        "ae+ae": [0.7, 0.6, 2.4, 0.9, 2.0, 2.7, 0.5, 1.0, 1.6, 1.8],
+        "ae+soft-svdd": [0.7, 0.1, 1.2, 2.1, 1.5, 2.5, 0.4, 1.4, 1.4, 0.6],
+        "ae+svdd": [0.7, 0.1, 0.8, 1.5, 0.8, 0.9, 0.5, 0.9, 1.6, 0.3]},
+    "cifar10": {
+        "ae+ae": [5.1, 2.9, 2.4, 1.2, 1.3, 1.8, 5.2, 2.9, 1.4, 3.0],
+        "ae+soft-svdd": [4.2, 1.4, 1.4, 1.1, 1.1, 2.4, 2.4, 1.0, 1.7, 1.1],
+        "ae+svdd": [4.1, 2.1, 0.8, 1.4, 1.1, 2.5, 2.6, 0.9, 1.2, 1.2]},
 }
 
 
@@ -54,6 +66,17 @@ def main(paths):
         ref = f" ({sum(paper[k] for k in classes) / len(classes):.2f})" if paper else ""
         means.append(f"{sum(vals) / len(vals):.2f}{ref}")
     print("| mean | " + " | ".join(means) + " |")
+    # Issue 7's per-class test: which classes lie more than one paper std below the paper's mean?
+    std_of = PAPER_STD[rows[0]["dataset"]]
+    below = []
+    for m in methods:
+        if m not in std_of:
+            below.append("-")
+            continue
+        low = [k for k in classes if (m, k) in by
+               and float(by[(m, k)]["auroc_mean"]) < paper_of[m][k] - std_of[m][k]]
+        below.append(", ".join(map(str, low)) or "none")
+    print("| classes > 1 paper std below | " + " | ".join(below) + " |")
 
 
 if __name__ == "__main__":
