@@ -45,9 +45,13 @@ LRELU_SLOPE = 0.01  # both reference code bases; the paper text says 0.1
 BN_EPS = 1e-4
 
 
-def bn2d(channels):
-    """BatchNorm without affine parameters: no learned shift, hence no bias (Deep SVDD Prop. 2)."""
-    return nn.BatchNorm2d(channels, eps=BN_EPS, affine=False)
+def bn2d(channels, affine=False):
+    """BatchNorm without affine parameters: no learned shift, hence no bias (Deep SVDD Prop. 2).
+
+    affine=True adds a learned scale and shift per channel, as the paper's Theano code does (Lasagne's
+    BatchNormLayer); the shift acts as a bias before the leaky ReLU. The PyTorch port has none.
+    """
+    return nn.BatchNorm2d(channels, eps=BN_EPS, affine=affine)
 
 
 def lrelu(x):
@@ -163,13 +167,13 @@ def dictionary_filters(x, n_filters, size, *, alpha=1.0, iters=30, n_patches=200
 class MnistEncoder(nn.Module):
     """phi for MNIST: conv(1->8,5x5) BN lrelu pool -> conv(8->4,5x5) BN lrelu pool -> linear(196->32)."""
 
-    def __init__(self, rep_dim=32):
+    def __init__(self, rep_dim=32, bn_affine=False):
         super().__init__()
-        self.rep_dim = rep_dim
+        self.rep_dim, self.bn_affine = rep_dim, bn_affine
         self.conv1 = nn.Conv2d(1, 8, 5, padding=2, bias=False)
-        self.bn1 = bn2d(8)
+        self.bn1 = bn2d(8, bn_affine)
         self.conv2 = nn.Conv2d(8, 4, 5, padding=2, bias=False)
-        self.bn2 = bn2d(4)
+        self.bn2 = bn2d(4, bn_affine)
         self.fc = nn.Linear(4 * 7 * 7, rep_dim, bias=False)
 
     def forward(self, x):                                       # (B, 1, 28, 28)
@@ -181,13 +185,13 @@ class MnistEncoder(nn.Module):
 class MnistDecoder(nn.Module):
     """The mirror: z as (2,4,4) -> up -> deconv(2->4) -> up -> deconv(4->8) -> up -> deconv(8->1) -> sigmoid."""
 
-    def __init__(self, rep_dim=32):
+    def __init__(self, rep_dim=32, bn_affine=False):
         super().__init__()
         assert rep_dim % 16 == 0, "the decoder views z as (rep_dim/16, 4, 4)"
         self.deconv1 = nn.ConvTranspose2d(rep_dim // 16, 4, 5, padding=2, bias=False)
-        self.bn1 = bn2d(4)
+        self.bn1 = bn2d(4, bn_affine)
         self.deconv2 = nn.ConvTranspose2d(4, 8, 5, padding=3, bias=False)
-        self.bn2 = bn2d(8)
+        self.bn2 = bn2d(8, bn_affine)
         self.deconv3 = nn.ConvTranspose2d(8, 1, 5, padding=2, bias=False)
 
     def forward(self, z):                                       # (B, rep_dim)
@@ -205,15 +209,15 @@ class MnistDecoder(nn.Module):
 class CifarEncoder(nn.Module):
     """phi for CIFAR-10: three conv(5x5) BN lrelu pool blocks (32, 64, 128 channels) -> linear(2048->128)."""
 
-    def __init__(self, rep_dim=128):
+    def __init__(self, rep_dim=128, bn_affine=False):
         super().__init__()
-        self.rep_dim = rep_dim
+        self.rep_dim, self.bn_affine = rep_dim, bn_affine
         self.conv1 = nn.Conv2d(3, 32, 5, padding=2, bias=False)
-        self.bn1 = bn2d(32)
+        self.bn1 = bn2d(32, bn_affine)
         self.conv2 = nn.Conv2d(32, 64, 5, padding=2, bias=False)
-        self.bn2 = bn2d(64)
+        self.bn2 = bn2d(64, bn_affine)
         self.conv3 = nn.Conv2d(64, 128, 5, padding=2, bias=False)
-        self.bn3 = bn2d(128)
+        self.bn3 = bn2d(128, bn_affine)
         self.fc = nn.Linear(128 * 4 * 4, rep_dim, bias=False)
 
     def forward(self, x):                                       # (B, 3, 32, 32)
@@ -226,15 +230,15 @@ class CifarEncoder(nn.Module):
 class CifarDecoder(nn.Module):
     """z as (8,4,4) -> deconv(8->128) -> up -> deconv(128->64) -> up -> deconv(64->32) -> up -> deconv(32->3)."""
 
-    def __init__(self, rep_dim=128):
+    def __init__(self, rep_dim=128, bn_affine=False):
         super().__init__()
         assert rep_dim % 16 == 0, "the decoder views z as (rep_dim/16, 4, 4)"
         self.deconv1 = nn.ConvTranspose2d(rep_dim // 16, 128, 5, padding=2, bias=False)
-        self.bn1 = bn2d(128)
+        self.bn1 = bn2d(128, bn_affine)
         self.deconv2 = nn.ConvTranspose2d(128, 64, 5, padding=2, bias=False)
-        self.bn2 = bn2d(64)
+        self.bn2 = bn2d(64, bn_affine)
         self.deconv3 = nn.ConvTranspose2d(64, 32, 5, padding=2, bias=False)
-        self.bn3 = bn2d(32)
+        self.bn3 = bn2d(32, bn_affine)
         self.deconv4 = nn.ConvTranspose2d(32, 3, 5, padding=2, bias=False)
 
     def forward(self, z):                                       # (B, rep_dim)
@@ -260,21 +264,21 @@ class Autoencoder(nn.Module):
         return self.decoder(self.code_bn(self.encoder(x)))
 
 
-def build_encoder(dataset, rep_dim=None):
+def build_encoder(dataset, rep_dim=None, bn_affine=False):
     """The stand-alone phi for `dataset` ('mnist' or 'cifar10'); rep_dim defaults to 32 / 128."""
     if dataset == "mnist":
-        return MnistEncoder(rep_dim or 32)
+        return MnistEncoder(rep_dim or 32, bn_affine)
     if dataset == "cifar10":
-        return CifarEncoder(rep_dim or 128)
+        return CifarEncoder(rep_dim or 128, bn_affine)
     raise ValueError(f"unknown dataset {dataset!r}: expected 'mnist' or 'cifar10'")
 
 
-def build_autoencoder(dataset, rep_dim=None):
-    """The LeNet-type autoencoder of Deep SVDD's reference code for `dataset`."""
-    encoder = build_encoder(dataset, rep_dim)
+def build_autoencoder(dataset, rep_dim=None, bn_affine=False):
+    """The LeNet-type autoencoder of Deep SVDD's reference code for `dataset` (bn_affine: see bn2d)."""
+    encoder = build_encoder(dataset, rep_dim, bn_affine)
     if dataset == "mnist":
-        return Autoencoder(encoder, MnistDecoder(encoder.rep_dim))
-    ae = Autoencoder(encoder, CifarDecoder(encoder.rep_dim), code_bn=True)
+        return Autoencoder(encoder, MnistDecoder(encoder.rep_dim, bn_affine))
+    ae = Autoencoder(encoder, CifarDecoder(encoder.rep_dim, bn_affine), code_bn=True)
     # The CIFAR-10 reference initialises every (de)convolution Xavier-uniform with the leaky-ReLU gain.
     gain = nn.init.calculate_gain("leaky_relu")
     for m in ae.modules():
@@ -283,12 +287,28 @@ def build_autoencoder(dataset, rep_dim=None):
     return ae
 
 
+def glorot_init(ae):
+    """Re-initialise every weight Glorot-uniform, as the paper's Theano code (Lasagne's GlorotUniform).
+
+    Gain sqrt(2 / (1 + 0.01^2)) (leaky ReLU, slope 0.01) for the (de)convolutions, 1 for the linear layer;
+    the Theano code gives the decoder's last convolution the ReLU gain sqrt(2), 4e-5 larger. PyTorch's
+    default (Kaiming-uniform with a = sqrt(5)) draws the second convolution and the linear layer of the
+    MNIST encoder from ranges 2-3x narrower.
+    """
+    gain = nn.init.calculate_gain("leaky_relu", LRELU_SLOPE)
+    for m in ae.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.xavier_uniform_(m.weight, gain=gain)
+        elif isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+
+
 def encoder_copy(ae):
     """A stand-alone phi holding the autoencoder's encoder weights and BatchNorm running statistics.
 
     Deep SVDD and OC-NN start from the pretrained encoder; they train this copy, never the AE itself.
     """
-    phi = type(ae.encoder)(ae.encoder.rep_dim).to(next(ae.parameters()).device)
+    phi = type(ae.encoder)(ae.encoder.rep_dim, ae.encoder.bn_affine).to(next(ae.parameters()).device)
     phi.load_state_dict(ae.encoder.state_dict())
     return phi
 

@@ -73,7 +73,10 @@ class Config:
     rcae_lambda: float = opt(0.1, "l1 weight of N; threshold lambda/2")
     rcae_iters: int = opt(5, "outer iterations T; each runs ae_epochs / T epochs")
     ae_init: str = opt("default", "default (PyTorch's random init) | dict: the first convolution's filters "
-                                  "from a dictionary of image patches (the Theano code's --weight_dict_init)")
+                                  "from a dictionary of image patches (the Theano code's --weight_dict_init) | "
+                                  "theano: Glorot-uniform weights (ae.glorot_init), then dict")
+    bn_affine: bool = opt(False, "BatchNorm with a learned scale and shift, as the paper's Theano code (a "
+                                 "shift is a bias, which Deep SVDD's Prop. 2 excludes; the PyTorch port has none)")
     # stage 2a: Deep SVDD
     svdd_epochs: int = opt(150, "Deep SVDD epochs")
     svdd_lr: float = opt(1e-4, "Deep SVDD Adam learning rate")
@@ -97,7 +100,7 @@ class Config:
 
 
 CHOICES = {"dataset": ("mnist", "cifar10"), "pretrain": ("ae", "rcae"), "objective": OBJECTIVES,
-           "device": ("auto", "cpu", "cuda"), "ae_init": ("default", "dict"),
+           "device": ("auto", "cpu", "cuda"), "ae_init": ("default", "dict", "theano"),
            "ocnn_activation": tuple(ocnn.ACTIVATIONS)}
 TYPES = {"nu": float, "rep_dim": int, "ae_epochs": int, "ae_weight_decay": float,
          "seeds": int, "ae_milestones": int, "svdd_milestones": int, "normal_class": str}
@@ -165,7 +168,7 @@ def banner(text):
 
 # Fields added after sweeps had been run: hashed only when they differ from these values, so the folders
 # and cached autoencoders made before they existed keep their names.
-HASHED_WHEN_SET = {"ae_init": "default"}
+HASHED_WHEN_SET = {"ae_init": "default", "bn_affine": False}
 
 
 def settings_key(cfg, fields):
@@ -176,7 +179,8 @@ def settings_key(cfg, fields):
 
 
 PRETRAIN_FIELDS = ("dataset", "pollution_rate", "seed", "rep_dim", "batch_size", "pretrain", "ae_epochs",
-                   "ae_lr", "ae_milestones", "ae_weight_decay", "rcae_lambda", "rcae_iters", "ae_init")
+                   "ae_lr", "ae_milestones", "ae_weight_decay", "rcae_lambda", "rcae_iters", "ae_init",
+                   "bn_affine")
 
 
 def pretrain(cfg, d, device):
@@ -188,14 +192,16 @@ def pretrain(cfg, d, device):
     key = settings_key(cfg, fields) + f"-class{d.normal_class}"
     path = os.path.join(cfg.out, "ae-cache", f"{cfg.dataset}-{cfg.pretrain}-{key}.pt")
     seed_all(cfg.seed)                                                # weight init depends on the seed only
-    model = ae.build_autoencoder(cfg.dataset, cfg.rep_dim).to(device)
+    model = ae.build_autoencoder(cfg.dataset, cfg.rep_dim, cfg.bn_affine).to(device)
     banner(f"stage 1: pretraining ({cfg.pretrain}) on {len(d.x_train)} training images")
     if os.path.exists(path):
         saved = torch.load(path, map_location=device, weights_only=True)
         model.load_state_dict(saved["ae"])
         print(f"reusing the pretrained autoencoder {path}")
         return model, saved["history"], saved["extra"]
-    if cfg.ae_init == "dict":                                         # before any training, RCAE's too
+    if cfg.ae_init == "theano":
+        ae.glorot_init(model)
+    if cfg.ae_init in ("dict", "theano"):                             # before any training, RCAE's too
         with torch.no_grad():
             conv1 = model.encoder.conv1
             conv1.weight.copy_(ae.dictionary_filters(d.x_train, conv1.out_channels, conv1.kernel_size[0],

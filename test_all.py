@@ -761,6 +761,35 @@ def test_ae_encoder_state_loads_into_phi():
     assert torch.equal(ae.encode(ae.encoder_copy(model), x), ae.encode(phi, x))
 
 
+def test_ae_affine_batchnorm_state_carries_into_phi():
+    # property: with --bn-affine the BatchNorm scale and shift are parameters, and phi starts from the AE's
+    torch.manual_seed(0)
+    model = ae.build_autoencoder("mnist", bn_affine=True)
+    ae.train_autoencoder(model, _images(40), epochs=1, batch_size=20, verbose=False)
+    shift = model.encoder.bn1.bias
+    assert shift is not None and shift.abs().sum() > 0               # it trained away from 0
+    phi = ae.encoder_copy(model)
+    assert phi.bn_affine and torch.equal(phi.bn1.bias, shift)
+    x = _images(8, seed=1)
+    assert torch.equal(ae.encode(phi, x), ae.encode(model.encoder, x))
+    with pytest.raises(RuntimeError):                                 # a plain phi has no place for them
+        ae.build_encoder("mnist").load_state_dict(model.encoder.state_dict())
+
+
+def test_ae_glorot_init_draws_from_the_glorot_range():
+    # property: glorot_init draws each weight uniformly from +-gain * sqrt(6 / (fan_in + fan_out))
+    torch.manual_seed(0)
+    model = ae.build_autoencoder("mnist")
+    ae.glorot_init(model)
+    gain = (2 / (1 + ae.LRELU_SLOPE ** 2)) ** 0.5
+    for w, fans, g in [(model.encoder.conv2.weight, 8 * 25 + 4 * 25, gain),
+                       (model.decoder.deconv2.weight, 4 * 25 + 8 * 25, gain),
+                       (model.encoder.fc.weight, 196 + 32, 1.0)]:
+        bound = g * (6 / fans) ** 0.5
+        assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
+        assert abs(w.std().item() - bound / 3 ** 0.5) < 0.1 * bound  # uniform: std = bound / sqrt(3)
+
+
 def test_ae_reconstruction_scores_are_per_sample_squared_error():
     # property: s(x) = sum over C,H,W of (x - ae(x))^2, one value per image
     torch.manual_seed(0)
@@ -1029,10 +1058,10 @@ def test_run_ae_init_dict_sets_conv1_and_keeps_default_hashes(tiny_root, tmp_pat
     # cache entry of its own; the default adds nothing to the hash (folders made before the flag keep names)
     base = ["--data-root", tiny_root, "--out", str(tmp_path), "--normal-class", "3", "--seeds", "0"]
     cfg = run.parse_config(base)
-    fields = [f.name for f in dataclasses.fields(cfg) if f.name != "ae_init"]
-    assert run.settings_key(cfg, fields + ["ae_init"]) == run.settings_key(cfg, fields)
-    dict_cfg = run.parse_config(base + ["--ae-init", "dict"])
-    assert run.sweep_folder(dict_cfg) != run.sweep_folder(cfg)
+    fields = [f.name for f in dataclasses.fields(cfg) if f.name not in ("ae_init", "bn_affine")]
+    assert run.settings_key(cfg, fields + ["ae_init", "bn_affine"]) == run.settings_key(cfg, fields)
+    for flags in (["--ae-init", "dict"], ["--ae-init", "theano"], ["--bn-affine"]):
+        assert run.sweep_folder(run.parse_config(base + flags)) != run.sweep_folder(cfg)
     seen = []
     monkeypatch.setattr(ae, "dictionary_filters", lambda x, n, k, seed: seen.append(seed) or torch.ones(n, 1, k, k))
     monkeypatch.setattr(ae, "train_autoencoder", lambda model, *a, **kw: [])
