@@ -1130,6 +1130,24 @@ def test_exercise_collapse_bias_in_last_layer():
     assert torch.all(scores == 0) and evaluate.auroc(yt, scores.numpy()) == 0.5
 
 
+def test_exercise_collapse_affine_batchnorm_shift():
+    # property (Prop. 2 again): a learned BatchNorm shift (--bn-affine, as the Theano code) is a bias too:
+    # with every convolution weight 0, BN outputs its shift whatever the image, and the last layer can then
+    # map that constant onto any c: loss 0 on every image, every score 0
+    x, xt, yt = _mnist_subset()
+    torch.manual_seed(0)
+    phi = ae.build_encoder("mnist", bn_affine=True)
+    c = svdd.init_center(phi, x)                                      # the usual c, |c_j| >= 0.1
+    with torch.no_grad():
+        phi.conv1.weight.zero_()
+        phi.conv2.weight.zero_()
+        phi.bn2.bias.uniform_(0.5, 1.0)                              # the shift of the last BN
+        v = ae.lrelu(phi.bn2.bias).repeat_interleave(7 * 7)         # (196,) the input of fc, any image
+        phi.fc.weight.copy_(torch.outer(c, v) / v.dot(v))            # fc(v) = c
+    scores = svdd.svdd_scores(phi, c, xt)
+    assert torch.all(scores < 1e-10) and evaluate.auroc(yt, scores.numpy()) == 0.5
+
+
 def test_exercise_collapse_trained_center():
     # property (Deep SVDD Prop. 1): if c were trained with W, the bias-free net's W = 0, c = 0 reaches loss 0;
     # with c fixed away from 0 (init_center's |c_j| >= 0.1), zero weights cost ||c||^2 instead
