@@ -279,18 +279,15 @@ def build_autoencoder(dataset, rep_dim=None, bn_affine=False):
     if dataset == "mnist":
         return Autoencoder(encoder, MnistDecoder(encoder.rep_dim, bn_affine))
     ae = Autoencoder(encoder, CifarDecoder(encoder.rep_dim, bn_affine), code_bn=True)
-    # The CIFAR-10 reference initialises every (de)convolution Xavier-uniform with the leaky-ReLU gain.
-    gain = nn.init.calculate_gain("leaky_relu")
-    for m in ae.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.xavier_uniform_(m.weight, gain=gain)
+    glorot_init(ae, linear=False)  # the CIFAR-10 reference: every (de)convolution Xavier-uniform, lrelu gain
     return ae
 
 
-def glorot_init(ae):
+def glorot_init(ae, linear=True):
     """Re-initialise every weight Glorot-uniform, as the paper's Theano code (Lasagne's GlorotUniform).
 
-    Gain sqrt(2 / (1 + 0.01^2)) (leaky ReLU, slope 0.01) for the (de)convolutions, 1 for the linear layer;
+    Gain sqrt(2 / (1 + 0.01^2)) (leaky ReLU, slope 0.01) for the (de)convolutions, 1 for the linear layer
+    (left at PyTorch's default with linear=False, as the CIFAR-10 reference of the PyTorch port does);
     the Theano code gives the decoder's last convolution the ReLU gain sqrt(2), 4e-5 larger. PyTorch's
     default (Kaiming-uniform with a = sqrt(5)) draws the second convolution and the linear layer of the
     MNIST encoder from ranges 2-3x narrower.
@@ -299,7 +296,7 @@ def glorot_init(ae):
     for m in ae.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.xavier_uniform_(m.weight, gain=gain)
-        elif isinstance(m, nn.Linear):
+        elif linear and isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)
 
 
