@@ -1106,6 +1106,46 @@ def test_run_nan_loss_names_stage_and_epoch(tiny_root, tmp_path, monkeypatch, ca
     assert not list(tmp_path.glob("*/metrics.json"))                 # no result passed off as whole
 
 
+
+# ------------------------------------------------------------------ the CUDA path (a GPU machine only)
+# These skip on a machine without a CUDA device; `bash .ci/gpu-check` runs them, with bench.py, on one.
+# Tolerances allow for TF32, which PyTorch uses for convolutions on recent GPUs by default.
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (run on a GPU machine)")
+
+
+@needs_cuda
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_cuda_same_weights_same_codes_and_scores_as_cpu(dataset):
+    # property: the same weights give the same codes, reconstructions and scores on CUDA as on the CPU
+    torch.manual_seed(0)
+    model = ae.build_autoencoder(dataset).eval()
+    phi = ae.encoder_copy(model)
+    x = torch.rand(300, *((1, 28, 28) if dataset == "mnist" else (3, 32, 32)))
+    c = svdd.init_center(phi, x)
+    cpu = (ae.encode(phi, x), ae.reconstruction_scores(model, x), svdd.svdd_scores(phi, c, x))
+    model.cuda(), phi.cuda()
+    xg, cg = x.cuda(), c.cuda()
+    gpu = (ae.encode(phi, xg), ae.reconstruction_scores(model, xg), svdd.svdd_scores(phi, cg, xg))
+    for a, b in zip(cpu, gpu):
+        assert b.is_cuda
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-2, atol=1e-3)
+
+
+@needs_cuda
+@pytest.mark.parametrize("flags", [["--objective", "ocnn", "--joint"],
+                                   ["--objective", "svdd", "--pretrain", "rcae", "--rcae-iters", "2",
+                                    "--pollution-rate", "0.1"]])
+def test_cuda_run_end_to_end_close_to_cpu(tiny_root, tmp_path, flags):
+    # property: a whole run on --device cuda works, says so in metrics.json, and lands where the CPU run does
+    args = ["--data-root", tiny_root] + flags + FAST
+    m_cpu = run.main(args + ["--out", str(tmp_path / "cpu"), "--device", "cpu"])
+    m_gpu = run.main(args + ["--out", str(tmp_path / "gpu"), "--device", "cuda"])
+    (metrics,) = (tmp_path / "gpu").glob("*/metrics.json")
+    assert json.loads(metrics.read_text())["device"].startswith("cuda")
+    assert abs(m_gpu["auroc"] - m_cpu["auroc"]) < 0.02
+
+
 # ------------------------------------------------------------------ EXERCISES.md checks
 
 def _mnist_subset(n_train=600, n_test=1000):
