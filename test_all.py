@@ -1220,6 +1220,22 @@ def test_exercise_ocnn_linear_objective_is_unbounded(activation):
         assert head(1e3 * z).abs().max().item() <= head.w.weight.abs().sum().item() + 1e-4
 
 
+def test_exercise_ocnn_joint_growing_codes_lowers_the_loss():
+    # property (exercise 7): with the head fixed, codes scaled by t scale y_hat and r by t, so the loss is
+    # reg + t * (hinge / nu - r), linear in t; where the lowest nu-fraction of outputs is positive it falls
+    # with t, so a joint encoder, which pays only weight decay, can lower the loss by growing its codes
+    torch.manual_seed(0)
+    head, z, nu = ocnn.OCNN(8, hidden=4), torch.randn(500, 8) * 0.3 + 2.0, 0.1
+    with torch.no_grad():
+        head.V.weight.fill_(0.1)
+        head.w.weight.fill_(0.5)                                      # y_hat = 0.2 * sum(z) > 0 here
+    losses = []
+    for t in (1.0, 2.0, 3.0):
+        y_hat = head(t * z)
+        losses.append(ocnn.ocnn_loss(y_hat, ocnn.update_r(y_hat.detach(), nu), head, nu).item())
+    assert losses[1] - losses[0] < -0.5
+    assert losses[2] - losses[1] == pytest.approx(losses[1] - losses[0], rel=1e-4)
+
 def test_ablations_every_variant_parses_and_shared_runs_share_folders():
     # property: each ablation variant is a valid run.py command, and a variant that two questions share
     # (OC-NN joint at encoder lr 1e-5) resolves to one sweep folder, so it is trained once

@@ -1,17 +1,22 @@
 """Why OC-NN trails Deep SVDD here: the same codes, scored by a hyperplane and by a sphere.
 
-    python results/ocnn_check.py            # MNIST classes 0 2 5, seeds 0 1 2, from finished runs in runs/repro
+    python results/ocnn_check.py            # MNIST classes 0 1 2 5, seeds 0 1 2, from finished runs in runs/repro
     python results/ocnn_check.py runs/<time>-mnist-0-ae-ocnn ...      # or any OC-NN run folders
 
-For every finished OC-NN run of the reproduction sweep (z-only, reference schedule) and of the encoder-lr
-ablation (joint, encoder lr 1e-5, 50 epochs; see results/ablations/ablations.py) it loads the saved encoder
-and head and prints the test AUROC (%) of three scores computed on the very same codes z = phi(x):
+For every finished OC-NN run of the reproduction sweep (z-only and joint, reference schedule: 250 epochs)
+and of the encoder-lr ablation (joint, encoder lr 1e-5, 50 epochs; see results/ablations/ablations.py) it
+loads the saved encoder and head and prints the test AUROC (%) of three scores computed on the very same
+codes z = phi(x):
 
   hyperplane   r - y_hat(x), the OC-NN score run.py reported (linear g: y_hat = <u, z>, u = V^T w)
   mean-proj    -<m, z>, m = the mean training code: the direction a linear head drifts to (ocnn.py docstring)
   sphere       ||z - m||^2: a hypersphere distance on the same encoder - what the OC-NN authors' public
                code scored, and Deep SVDD's score before any Deep SVDD training
-and cos(u, m), how close the learnt direction is to the mean code.
+and cos(u, m), how close the learnt direction is to the mean code; then the norm of u, the mean code norm
+||z|| of the normal and of the anomalous test images ("code norm") and the final offset r. The objective
+regularises the head (||w||, ||V||) but not the encoder (only weight decay), so joint training can raise
+y_hat and r by growing the codes instead of u: the norms show whether it did, and whether the anomalies'
+codes grew with the normal ones.
 """
 import json
 import os
@@ -28,12 +33,12 @@ import evaluate  # noqa: E402
 import ocnn  # noqa: E402
 import run  # noqa: E402
 
-REGIMES = {"z-only": ["--objective", "ocnn"], "joint 1e-5": ablations.OCNN_JOINT}
+REGIMES = [["--objective", "ocnn"], ["--objective", "ocnn", "--joint"], ablations.OCNN_JOINT]  # z-only, joint 250 / 50 ep
 
 
 @torch.no_grad()
 def check(run_dir, cfg):
-    """The four figures for one finished run, or None if it has not finished."""
+    """The figures of one finished run, or None if it has not finished."""
     if not os.path.exists(os.path.join(run_dir, "metrics.json")):
         return None
     saved = torch.load(os.path.join(run_dir, "model.pt"), weights_only=True)
@@ -50,34 +55,41 @@ def check(run_dir, cfg):
               "sphere": ((z_test - m) ** 2).sum(dim=1)}
     out = {k: 100 * evaluate.auroc(y, s.numpy()) for k, s in scores.items()}
     out["cos(u, m)"] = torch.nn.functional.cosine_similarity(u, m, dim=0).item()
+    out["|u|"] = u.norm().item()
+    norm = z_test.norm(dim=1)                                                # (N_test,) ||z||
+    out["|z| normal"], out["|z| anomalous"] = norm[d.y_test == 0].mean().item(), norm[d.y_test == 1].mean().item()
+    out["r"] = saved["r"]
     return out
 
 
-def row(k, s, regime, res):
-    print(f"| {k} | {s} | {regime} | {res['hyperplane']:.2f} | {res['mean-proj']:.2f} | "
-          f"{res['sphere']:.2f} | {res['cos(u, m)']:.3f} |")
+def row(cfg, res):
+    regime = f"joint, {cfg.ocnn_epochs} ep, encoder lr {cfg.encoder_lr:g}" if cfg.joint else "z-only"
+    print(f"| {cfg.normal_class} | {cfg.seed} | {regime} | {res['hyperplane']:.2f} | {res['mean-proj']:.2f} | "
+          f"{res['sphere']:.2f} | {res['cos(u, m)']:.3f} | {res['|u|']:.2f} | "
+          f"{res['|z| normal']:.1f} / {res['|z| anomalous']:.1f} | {res['r']:.1f} |")
 
 
 def main(folders):
-    print("| class | seed | OC-NN regime | hyperplane | mean-proj | sphere | cos(u, m) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| class | seed | OC-NN regime | hyperplane | mean-proj | sphere | cos(u, m) | norm of u "
+          "| code norm, normal / anomalous | r |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for folder in folders:                                                   # run folders named on the command line
         path = os.path.join(folder, "config.json")
         cfg = run.Config(**json.load(open(path))) if os.path.exists(path) else None
         res = check(folder, cfg) if cfg is not None and cfg.objective == "ocnn" else None
         if res is None:
             sys.exit(f"{folder} is not a finished OC-NN run (it needs config.json of an ocnn run and metrics.json)")
-        row(cfg.normal_class, cfg.seed, f"joint {cfg.encoder_lr:g}" if cfg.joint else "z-only", res)
+        row(cfg, res)
     if folders:
         return
     os.chdir(ROOT)
-    for k in (0, 2, 5):
+    for k in (0, 1, 2, 5):
         for s in (0, 1, 2):
-            for regime, flags in REGIMES.items():
+            for flags in REGIMES:
                 cfg = run.parse_config(["--out", "runs/repro", "--normal-class", str(k), "--seed", str(s)] + flags)
                 res = check(run.run_folder(cfg, k, s), cfg)
                 if res:
-                    row(k, s, regime, res)
+                    row(cfg, res)
 
 
 if __name__ == "__main__":
