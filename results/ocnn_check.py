@@ -12,11 +12,11 @@ codes z = phi(x):
   mean-proj    -<m, z>, m = the mean training code: the direction a linear head drifts to (ocnn.py docstring)
   sphere       ||z - m||^2: a hypersphere distance on the same encoder - what the OC-NN authors' public
                code scored, and Deep SVDD's score before any Deep SVDD training
-and cos(u, m), how close the learnt direction is to the mean code; then the norm of u, the mean code norm
-||z|| of the normal and of the anomalous test images ("code norm") and the final offset r. The objective
-regularises the head (||w||, ||V||) but not the encoder (only weight decay), so joint training can raise
-y_hat and r by growing the codes instead of u: the norms show whether it did, and whether the anomalies'
-codes grew with the normal ones.
+and cos(u, m), how close the learnt direction is to the mean code, and the norm of u (linear g only:
+'-' otherwise); then the mean code norm ||z|| of the normal and of the anomalous test images ("code
+norm") and the final offset r. The objective regularises the head (||w||, ||V||) but not the encoder
+(only weight decay), so joint training can raise y_hat and r by growing the codes instead of u: the norms
+show whether it did, and whether the anomalies' codes grew with the normal ones.
 """
 import json
 import os
@@ -54,8 +54,9 @@ def check(run_dir, cfg):
     scores = {"hyperplane": saved["r"] - head(z_test), "mean-proj": -(z_test @ m),
               "sphere": ((z_test - m) ** 2).sum(dim=1)}
     out = {k: 100 * evaluate.auroc(y, s.numpy()) for k, s in scores.items()}
-    out["cos(u, m)"] = torch.nn.functional.cosine_similarity(u, m, dim=0).item()
-    out["|u|"] = u.norm().item()
+    linear = cfg.ocnn_activation == "linear"                                 # else y_hat is no projection on u
+    out["cos(u, m)"] = f"{torch.nn.functional.cosine_similarity(u, m, dim=0).item():.3f}" if linear else "-"
+    out["|u|"] = f"{u.norm().item():.2f}" if linear else "-"
     norm = z_test.norm(dim=1)                                                # (N_test,) ||z||
     out["|z| normal"], out["|z| anomalous"] = norm[d.y_test == 0].mean().item(), norm[d.y_test == 1].mean().item()
     out["r"] = saved["r"]
@@ -64,8 +65,9 @@ def check(run_dir, cfg):
 
 def row(cfg, res):
     regime = f"joint, {cfg.ocnn_epochs} ep, encoder lr {cfg.encoder_lr:g}" if cfg.joint else "z-only"
+    regime += f", {cfg.ocnn_activation} g" if cfg.ocnn_activation != "linear" else ""
     print(f"| {cfg.normal_class} | {cfg.seed} | {regime} | {res['hyperplane']:.2f} | {res['mean-proj']:.2f} | "
-          f"{res['sphere']:.2f} | {res['cos(u, m)']:.3f} | {res['|u|']:.2f} | "
+          f"{res['sphere']:.2f} | {res['cos(u, m)']} | {res['|u|']} | "
           f"{res['|z| normal']:.1f} / {res['|z| anomalous']:.1f} | {res['r']:.1f} |")
 
 
