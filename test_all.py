@@ -1124,7 +1124,8 @@ def test_cuda_same_weights_same_codes_and_scores_as_cpu(dataset):
     x = torch.rand(300, *((1, 28, 28) if dataset == "mnist" else (3, 32, 32)))
     c = svdd.init_center(phi, x)
     cpu = (ae.encode(phi, x), ae.reconstruction_scores(model, x), svdd.svdd_scores(phi, c, x))
-    model.cuda(), phi.cuda()
+    model.cuda()
+    phi.cuda()
     xg, cg = x.cuda(), c.cuda()
     gpu = (ae.encode(phi, xg), ae.reconstruction_scores(model, xg), svdd.svdd_scores(phi, cg, xg))
     for a, b in zip(cpu, gpu):

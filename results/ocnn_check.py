@@ -33,7 +33,9 @@ import evaluate  # noqa: E402
 import ocnn  # noqa: E402
 import run  # noqa: E402
 
-REGIMES = [["--objective", "ocnn"], ["--objective", "ocnn", "--joint"], ablations.OCNN_JOINT]  # z-only, joint 250 / 50 ep
+REGIMES = [["--objective", "ocnn"],                                         # z-only
+           ["--objective", "ocnn", "--joint"],                               # joint, 250 epochs
+           ablations.OCNN_JOINT]                                             # joint, 50 epochs
 
 
 @torch.no_grad()
@@ -58,7 +60,8 @@ def check(run_dir, cfg):
     out["cos(u, m)"] = f"{torch.nn.functional.cosine_similarity(u, m, dim=0).item():.3f}" if linear else "-"
     out["|u|"] = f"{u.norm().item():.2f}" if linear else "-"
     norm = z_test.norm(dim=1)                                                # (N_test,) ||z||
-    out["|z| normal"], out["|z| anomalous"] = norm[d.y_test == 0].mean().item(), norm[d.y_test == 1].mean().item()
+    out["|z| normal"] = norm[d.y_test == 0].mean().item()
+    out["|z| anomalous"] = norm[d.y_test == 1].mean().item()
     out["r"] = saved["r"]
     return out
 
