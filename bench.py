@@ -2,6 +2,7 @@
 
     python bench.py                       # MNIST normal class 0 (and CIFAR-10 airplane if its batches exist)
     python bench.py --reps 7 --device cuda
+    python bench.py --datasets mnist --pool-ab 12   # also: training pooling, ae.MaxPool2 vs F.max_pool2d
 
 For each stage: seconds per epoch (median of --reps epochs after --warmup epochs), images per second,
 and the fraction of this machine's float32 matmul throughput (measured in the same run) that the stage's
@@ -102,7 +103,7 @@ def bench(dataset, normal_class, device, reps, warmup, batch_size):
                                                           device, reps, 1), len(x_test),
                  count_flops(lambda: ae.reconstruct(plain, x_test))))
     ae.FUSED_UPSAMPLE = True
-    ae.FAST_POOL = False                                  # scoring with F.max_pool2d (argmax indices computed)
+    ae.FAST_POOL = False                                  # F.max_pool2d (argmax indices computed) everywhere
     rows.append(("  scoring, F.max_pool2d", timed(lambda: ae.reconstruction_scores(model, x_test), device,
                                                   reps, 1), len(x_test), fwd_ae))
     ae.FAST_POOL = True
@@ -122,6 +123,35 @@ def bench(dataset, normal_class, device, reps, warmup, batch_size):
     return rows
 
 
+def pooling_ab(dataset, device, pairs, batch_size):
+    """Training with ae.MaxPool2 against F.max_pool2d: paired epochs, the order swapped every pair.
+
+    Blocks of epochs timed one after the other drift with this machine's load; epochs alternated in one
+    process and compared pair by pair do not. Prints the median of `pairs` ratios (the first pair, a
+    warm-up, dropped); below 1 means ae.MaxPool2 is faster.
+    """
+    x = data.one_class_split(dataset, 0, root="data", device=device).x_train
+    torch.manual_seed(0)
+    model = ae.build_autoencoder(dataset).to(device)
+    phi = ae.encoder_copy(model)
+    quiet = dict(epochs=1, batch_size=batch_size, verbose=False)
+    stages = {"AE training epoch": lambda: ae.train_autoencoder(model, x, **quiet)[0]["seconds"],
+              "Deep SVDD epoch (one-class)": lambda: svdd.train_svdd(phi, x, **quiet)[2][0]["seconds"]}
+    print(f"\n{dataset}, normal class 0: training pooling, ae.MaxPool2 / F.max_pool2d, paired epochs")
+    for name, epoch in stages.items():
+        ratios = []
+        for i in range(pairs + 1):
+            seconds = {}
+            for fast in ((True, False) if i % 2 == 0 else (False, True)):
+                ae.FAST_POOL = fast
+                seconds[fast] = epoch()
+            if i > 0:
+                ratios.append(seconds[True] / seconds[False])
+        ae.FAST_POOL = True
+        print(f"{name:34s} median ratio {statistics.median(ratios):.3f} over {pairs} pairs "
+              f"(range {min(ratios):.3f}-{max(ratios):.3f})")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=5)
@@ -129,6 +159,8 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=200)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--datasets", nargs="*", default=["mnist", "cifar10"])
+    p.add_argument("--pool-ab", type=int, default=0, metavar="PAIRS",
+                   help="also time training with ae.MaxPool2 against F.max_pool2d in PAIRS paired epochs")
     args = p.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
@@ -147,6 +179,8 @@ def main(argv=None):
         for name, seconds, images, flop in rows:
             share = f"{100 * flop / seconds / peak:13.1f} %" if flop == flop else f"{'-':>15s}"
             print(f"{name:34s} {seconds:8.3f} {images / seconds:10.0f} {flop / 1e9:7.2f} {share}")
+        if args.pool_ab:
+            pooling_ab(dataset, device, args.pool_ab, args.batch_size)
 
 
 if __name__ == "__main__":

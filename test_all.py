@@ -733,6 +733,21 @@ def test_ae_max_pool2_equals_max_pool2d(shape):
     assert torch.equal(ae.max_pool2(xr), torch.nn.functional.max_pool2d(x, 2))
 
 
+@pytest.mark.parametrize("shape", [(3, 8, 28, 28), (3, 4, 14, 14), (3, 4, 7, 7)])
+def test_ae_max_pool2_gradient_goes_where_max_pool2d_sends_it(shape):
+    # property: with autograd, ae.max_pool2's gradient equals F.max_pool2d's exactly: each window's gradient
+    # on its first maximum in row-major order, also where two, three or four corners tie
+    x = torch.randint(0, 3, shape).float()                             # small integers: many ties
+    x[0] = torch.randn(shape[1:])                                      # and one image without ties
+    g = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2)
+    grads = []
+    for pool in (ae.max_pool2, lambda t: torch.nn.functional.max_pool2d(t, 2)):
+        xr = x.clone().requires_grad_()
+        pool(xr).backward(g)
+        grads.append(xr.grad)
+    assert torch.equal(grads[0], grads[1])
+
+
 def test_ae_dictionary_filters_code_mnist_patches_better_than_random_atoms():
     # property: the learned atoms (unit norm) reach a lower lasso objective on held-out MNIST patches than
     # random unit-norm atoms, the same number of them
