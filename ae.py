@@ -117,13 +117,15 @@ def max_pool2(x):
     The same numbers exactly (a maximum has no rounding). Why: on the CPU, F.max_pool2d also computes the
     argmax indices its backward pass needs, even under no_grad, and that dominates scoring (40 % of the DCAE
     score time on MNIST). Without autograd, the maximum of the four strided views x[0::2, 0::2],
-    x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2] is several times faster. With autograd, `MaxPool2` computes
-    the same maximum and sends the gradient where F.max_pool2d would (odd sizes: F.max_pool2d itself).
+    x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2] is several times faster. With autograd on the CPU,
+    `MaxPool2` computes the same maximum and sends the gradient where F.max_pool2d would (odd sizes and
+    other devices, whose F.max_pool2d kernels are not the slow one: F.max_pool2d itself).
     """
     if not FAST_POOL:
         return F.max_pool2d(x, 2)
     if torch.is_grad_enabled() and x.requires_grad:
-        return MaxPool2.apply(x) if x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0 else F.max_pool2d(x, 2)
+        even = x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0
+        return MaxPool2.apply(x) if even and x.device.type == "cpu" else F.max_pool2d(x, 2)
     H, W = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
     a, b, c, d = window_corners(x[..., :H, :W])
     return torch.maximum(torch.maximum(a, b), torch.maximum(c, d))
