@@ -81,12 +81,11 @@ class MaxPool2(torch.autograd.Function):
 
     Forward: the maximum of the four corners of each window, as in `max_pool2`. Backward: each window's
     gradient goes to its first maximum in row-major order (top-left, top-right, bottom-left,
-    bottom-right), exactly where F.max_pool2d's saved indices send it, ties included (finite x). The forward keeps
-    three 0/1 masks of a quarter of x's size: the maximum is in the bottom row, the right one of the top
-    pair is greater, the right one of the bottom pair is greater (float 0/1: comparisons that output bool
-    are several times slower on the CPU). Why: the CPU F.max_pool2d kernel is slow for NCHW tensors (about
-    4.5 ms forward for MNIST's first layer, 200 x 8 x 28 x 28); forward and backward here take 3.1 ms
-    against its 5.4-5.8 ms. A test checks values and gradients equal F.max_pool2d's, ties included.
+    bottom-right), exactly where F.max_pool2d's saved indices send it, ties included (finite x). The
+    forward keeps three 0/1 masks (float, see is_greater) of a quarter of x's size: the maximum is in the
+    bottom row, the right one of the top pair is greater, the right one of the bottom pair is greater.
+    Why: the CPU F.max_pool2d kernel is slow for NCHW tensors (about 4.5 ms forward for MNIST's first
+    layer, 200 x 8 x 28 x 28); forward and backward here take 3.1 ms against its 5.4-5.8 ms. A test checks values and gradients equal F.max_pool2d's, ties included.
     """
 
     @staticmethod

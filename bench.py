@@ -103,7 +103,7 @@ def bench(dataset, normal_class, device, reps, warmup, batch_size):
                                                           device, reps, 1), len(x_test),
                  count_flops(lambda: ae.reconstruct(plain, x_test))))
     ae.FUSED_UPSAMPLE = True
-    ae.FAST_POOL = False                                  # F.max_pool2d (argmax indices computed) everywhere
+    ae.FAST_POOL = False                                  # scoring with F.max_pool2d (argmax indices computed)
     rows.append(("  scoring, F.max_pool2d", timed(lambda: ae.reconstruction_scores(model, x_test), device,
                                                   reps, 1), len(x_test), fwd_ae))
     ae.FAST_POOL = True
@@ -128,7 +128,8 @@ def pooling_ab(dataset, device, pairs, batch_size):
 
     Blocks of epochs timed one after the other drift with this machine's load; epochs alternated in one
     process and compared pair by pair do not. Prints the median of `pairs` ratios (the first pair, a
-    warm-up, dropped); below 1 means ae.MaxPool2 is faster.
+    warm-up, dropped); below 1 means ae.MaxPool2 is faster. On other devices than the CPU both sides use
+    F.max_pool2d (see ae.max_pool2).
     """
     x = data.one_class_split(dataset, 0, root="data", device=device).x_train
     torch.manual_seed(0)
