@@ -85,7 +85,8 @@ class MaxPool2(torch.autograd.Function):
     forward keeps three 0/1 masks (float, see is_greater) of a quarter of x's size: the maximum is in the
     bottom row, the right one of the top pair is greater, the right one of the bottom pair is greater.
     Why: the CPU F.max_pool2d kernel is slow for NCHW tensors (about 4.5 ms forward for MNIST's first
-    layer, 200 x 8 x 28 x 28); forward and backward here take 3.1 ms against its 5.4-5.8 ms. A test checks values and gradients equal F.max_pool2d's, ties included.
+    layer, 200 x 8 x 28 x 28); forward and backward here take 3.1 ms against its 5.4-5.8 ms. A test checks
+    values and gradients equal F.max_pool2d's, ties included.
     """
 
     @staticmethod
