@@ -22,6 +22,10 @@ The networks, exactly as the reference code (Deep-SVDD-PyTorch, networks/mnist_L
   * leaky ReLU with slope 0.01 (the paper's text says 0.1; both reference code bases use 0.01);
   * 2x2 max pooling in the encoder, nearest-neighbour x2 upsampling in the decoder.
 
+The two ops marked `fast_ops` in the networks' forward passes (2x2 max pooling; upsampling followed by
+a transposed convolution) are computed by equivalent, faster formulations; fast_ops.py says how, tests
+prove them equal, and `fast_ops.plain_ops()` gives back the plain PyTorch ops.
+
 The encoder is a module of its own (`MnistEncoder`, `CifarEncoder`) so that its state dict, BatchNorm
 running statistics included, loads unchanged into the stand-alone phi that Deep SVDD trains.
 
@@ -30,16 +34,19 @@ Deviations from the reference code
     the Deep SVDD network has none, so the encoder's state dict loads into phi with no key to drop.
   * Batches are index slices of a seeded permutation of an in-memory tensor (no DataLoader).
 
+File order: the networks, their optional initialisations (the Theano code's), the DCAE loss, training,
+scoring.
+
 Read next: rcae.py (the robust variant), then svdd.py or ocnn.py.
 """
-import math
 import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import data
+import fast_ops
+import training
 
 LRELU_SLOPE = 0.01  # both reference code bases; the paper text says 0.1
 BN_EPS = 1e-4
@@ -58,113 +65,163 @@ def lrelu(x):
     return F.leaky_relu(x, LRELU_SLOPE)
 
 
-def up2(x):
-    """Nearest-neighbour upsampling by 2 in H and W: (B, C, H, W) -> (B, C, 2H, 2W)."""
-    return F.interpolate(x, scale_factor=2, mode="nearest")
+# ---------------------------------------------------------------------------------------------------
+# MNIST: 1x28x28 -> 32
+# ---------------------------------------------------------------------------------------------------
+
+class MnistEncoder(nn.Module):
+    """phi for MNIST: conv(1->8,5x5) BN lrelu pool -> conv(8->4,5x5) BN lrelu pool -> linear(196->32)."""
+
+    def __init__(self, rep_dim=32, bn_affine=False):
+        super().__init__()
+        self.rep_dim, self.bn_affine = rep_dim, bn_affine
+        self.conv1 = nn.Conv2d(1, 8, 5, padding=2, bias=False)
+        self.bn1 = bn2d(8, bn_affine)
+        self.conv2 = nn.Conv2d(8, 4, 5, padding=2, bias=False)
+        self.bn2 = bn2d(4, bn_affine)
+        self.fc = nn.Linear(4 * 7 * 7, rep_dim, bias=False)
+
+    def forward(self, x):                                       # (B, 1, 28, 28)
+        pool = fast_ops.max_pool2                               # = F.max_pool2d(., 2), faster (fast_ops.py)
+        x = pool(lrelu(self.bn1(self.conv1(x))))                # (B, 8, 14, 14)
+        x = pool(lrelu(self.bn2(self.conv2(x))))                # (B, 4, 7, 7)
+        return self.fc(x.flatten(1))                            # (B, rep_dim) = z
 
 
-FAST_POOL = True  # False: F.max_pool2d everywhere (bench.py compares the two)
+class MnistDecoder(nn.Module):
+    """The mirror: z as (2,4,4) -> up -> deconv(2->4) -> up -> deconv(4->8) -> up -> deconv(8->1) -> sigmoid."""
 
+    def __init__(self, rep_dim=32, bn_affine=False):
+        super().__init__()
+        assert rep_dim % 16 == 0, "the decoder views z as (rep_dim/16, 4, 4)"
+        self.deconv1 = nn.ConvTranspose2d(rep_dim // 16, 4, 5, padding=2, bias=False)
+        self.bn1 = bn2d(4, bn_affine)
+        self.deconv2 = nn.ConvTranspose2d(4, 8, 5, padding=3, bias=False)
+        self.bn2 = bn2d(8, bn_affine)
+        self.deconv3 = nn.ConvTranspose2d(8, 1, 5, padding=2, bias=False)
 
-def window_corners(x):
-    """The four corners of every 2x2 window, as strided views: top-left, top-right, bottom-left, bottom-right."""
-    return x[..., 0::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 0::2], x[..., 1::2, 1::2]
-
-
-def is_greater(u, v):
-    """1.0 where u > v, else 0.0, in float arithmetic (CPU comparisons that output bool are slower)."""
-    return torch.sign(torch.relu(u - v))
-
-
-class MaxPool2(torch.autograd.Function):
-    """F.max_pool2d(x, 2) for even H and W, forward and backward, without argmax indices.
-
-    Forward: the maximum of the four corners of each window, as in `max_pool2`. Backward: each window's
-    gradient goes to its first maximum in row-major order (top-left, top-right, bottom-left,
-    bottom-right), exactly where F.max_pool2d's saved indices send it, ties included (finite x). The
-    forward keeps three 0/1 masks (float, see is_greater) of a quarter of x's size: the maximum is in the
-    bottom row, the right one of the top pair is greater, the right one of the bottom pair is greater.
-    Why: the CPU F.max_pool2d kernel is slow for NCHW tensors (about 4.5 ms forward for MNIST's first
-    layer, 200 x 8 x 28 x 28); forward and backward here take 3.1 ms against its 5.4-5.8 ms. A test checks
-    values and gradients equal F.max_pool2d's, ties included.
-    """
-
-    @staticmethod
-    def forward(ctx, x):
-        a, b, c, d = window_corners(x)
-        top, bottom = torch.maximum(a, b), torch.maximum(c, d)
-        ctx.save_for_backward(is_greater(bottom, top), is_greater(b, a), is_greater(d, c))
-        ctx.shape = x.shape
-        return torch.maximum(top, bottom)
-
-    @staticmethod
-    def backward(ctx, g):
-        in_bottom, right_top, right_bottom = ctx.saved_tensors
-        g_bottom = g * in_bottom                                 # the window's gradient if its max is below
-        g_top = g - g_bottom                                     # else here (g - g = 0 exactly)
-        grad = g.new_empty(ctx.shape)                            # every element is written below
-        a, b, c, d = window_corners(grad)
-        torch.mul(g_top, right_top, out=b)
-        torch.sub(g_top, b, out=a)
-        torch.mul(g_bottom, right_bottom, out=d)
-        torch.sub(g_bottom, d, out=c)
-        return grad
-
-
-def max_pool2(x):
-    """F.max_pool2d(x, 2): the maximum of each 2x2 window, stride 2 (odd H or W: the last row/column dropped).
-
-    The same numbers exactly (a maximum has no rounding). Why: on the CPU, F.max_pool2d also computes the
-    argmax indices its backward pass needs, even under no_grad, and that dominates scoring (40 % of the DCAE
-    score time on MNIST). Without autograd, the maximum of the four strided views x[0::2, 0::2],
-    x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2] is several times faster. With autograd on the CPU,
-    `MaxPool2` computes the same maximum and sends the gradient where F.max_pool2d would (odd sizes and
-    other devices, whose F.max_pool2d kernels are not the slow one: F.max_pool2d itself).
-    """
-    if not FAST_POOL:
-        return F.max_pool2d(x, 2)
-    if torch.is_grad_enabled() and x.requires_grad:
-        even = x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0
-        return MaxPool2.apply(x) if even and x.device.type == "cpu" else F.max_pool2d(x, 2)
-    H, W = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
-    a, b, c, d = window_corners(x[..., :H, :W])
-    return torch.maximum(torch.maximum(a, b), torch.maximum(c, d))
-
-
-# Phase matrices of `up2_deconv`: row d of PHASE[a] sums the 5 kernel taps that, for output rows
-# 2i + a, read input row i + d - 1 of the (not upsampled) image (d = 0, 1, 2).
-PHASE = torch.tensor([[[1, 1, 0, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 1]],     # a = 0 (even rows)
-                      [[1, 0, 0, 0, 0], [0, 1, 1, 0, 0], [0, 0, 0, 1, 1]]],    # a = 1 (odd rows)
-                     dtype=torch.float32)
-FUSED_UPSAMPLE = True  # False: the plain deconv(up2(x)), as the reference code computes it
-
-
-def up2_deconv(deconv, x):
-    """deconv(up2(x)) for a 5x5, stride-1, bias-free ConvTranspose2d with padding 2 or 3, computed faster.
-
-    Equivalent to `deconv(up2(x))` (the same numbers up to float rounding; a test checks values and
-    gradients). Why: a stride-1 transposed convolution is a convolution with the kernel flipped and its
-    in/out channels swapped (padding k-1-p = 2 for p = 2). On a nearest-upsampled image, output pixel
-    (2i+a, 2j+b) reads only 3x3 distinct pixels of x around (i, j), so the 5x5 kernel collapses, for each
-    of the four phases (a, b), to a 3x3 kernel: the sum of the taps that land on the same pixel of x.
-    One conv2d with 4 * C_out channels on x computes all phases; pixel_shuffle interleaves them into
-    (2H, 2W). That is 9/25 of the multiply-adds and no upsampled copy in memory. Padding 3 (MNIST's
-    deconv2, 16 -> 14) is padding 2's output with one pixel cropped on each side.
-    """
-    p = deconv.padding[0]
-    if not FUSED_UPSAMPLE or deconv.kernel_size != (5, 5) or p not in (2, 3):
-        return deconv(up2(x))
-    K = deconv.weight.transpose(0, 1).flip(2, 3)                              # (C_out, C_in, 5, 5) as conv
-    P = PHASE.to(K)
-    K4 = torch.einsum("adu,oiuv,bev->oabide", P, K, P)                        # (C_out, 2, 2, C_in, 3, 3)
-    y = F.conv2d(x, K4.reshape(-1, K.shape[1], 3, 3), padding=1)              # (B, 4 C_out, H, W)
-    y = F.pixel_shuffle(y, 2)                                                 # (B, C_out, 2H, 2W)
-    return y if p == 2 else y[:, :, 1:-1, 1:-1]                               # padding 3: crop to 2H - 2
+    def forward(self, z):                                       # (B, rep_dim)
+        up_deconv = fast_ops.up2_deconv                         # = deconv(up2(.)), faster (fast_ops.py)
+        x = z.view(z.shape[0], -1, 4, 4)                        # (B, 2, 4, 4)
+        x = up_deconv(self.deconv1, lrelu(x))                   # (B, 4, 8, 8)
+        x = up_deconv(self.deconv2, lrelu(self.bn1(x)))         # (B, 8, 14, 14): padding 3 trims 16 -> 14
+        x = up_deconv(self.deconv3, lrelu(self.bn2(x)))         # (B, 1, 28, 28)
+        return torch.sigmoid(x)
 
 
 # ---------------------------------------------------------------------------------------------------
-# Optional initialisation of the first convolution: a dictionary learned on image patches
+# CIFAR-10: 3x32x32 -> 128
 # ---------------------------------------------------------------------------------------------------
+
+class CifarEncoder(nn.Module):
+    """phi for CIFAR-10: three conv(5x5) BN lrelu pool blocks (32, 64, 128 channels) -> linear(2048->128)."""
+
+    def __init__(self, rep_dim=128, bn_affine=False):
+        super().__init__()
+        self.rep_dim, self.bn_affine = rep_dim, bn_affine
+        self.conv1 = nn.Conv2d(3, 32, 5, padding=2, bias=False)
+        self.bn1 = bn2d(32, bn_affine)
+        self.conv2 = nn.Conv2d(32, 64, 5, padding=2, bias=False)
+        self.bn2 = bn2d(64, bn_affine)
+        self.conv3 = nn.Conv2d(64, 128, 5, padding=2, bias=False)
+        self.bn3 = bn2d(128, bn_affine)
+        self.fc = nn.Linear(128 * 4 * 4, rep_dim, bias=False)
+
+    def forward(self, x):                                       # (B, 3, 32, 32)
+        pool = fast_ops.max_pool2                               # = F.max_pool2d(., 2), faster (fast_ops.py)
+        x = pool(lrelu(self.bn1(self.conv1(x))))                # (B, 32, 16, 16)
+        x = pool(lrelu(self.bn2(self.conv2(x))))                # (B, 64, 8, 8)
+        x = pool(lrelu(self.bn3(self.conv3(x))))                # (B, 128, 4, 4)
+        return self.fc(x.flatten(1))                            # (B, rep_dim) = z
+
+
+class CifarDecoder(nn.Module):
+    """z as (8,4,4) -> deconv(8->128) -> up -> deconv(128->64) -> up -> deconv(64->32) -> up -> deconv(32->3)."""
+
+    def __init__(self, rep_dim=128, bn_affine=False):
+        super().__init__()
+        assert rep_dim % 16 == 0, "the decoder views z as (rep_dim/16, 4, 4)"
+        self.deconv1 = nn.ConvTranspose2d(rep_dim // 16, 128, 5, padding=2, bias=False)
+        self.bn1 = bn2d(128, bn_affine)
+        self.deconv2 = nn.ConvTranspose2d(128, 64, 5, padding=2, bias=False)
+        self.bn2 = bn2d(64, bn_affine)
+        self.deconv3 = nn.ConvTranspose2d(64, 32, 5, padding=2, bias=False)
+        self.bn3 = bn2d(32, bn_affine)
+        self.deconv4 = nn.ConvTranspose2d(32, 3, 5, padding=2, bias=False)
+
+    def forward(self, z):                                       # (B, rep_dim)
+        up_deconv = fast_ops.up2_deconv                         # = deconv(up2(.)), faster (fast_ops.py)
+        x = lrelu(z.view(z.shape[0], -1, 4, 4))                 # (B, 8, 4, 4)
+        x = lrelu(self.bn1(self.deconv1(x)))                    # (B, 128, 4, 4)
+        x = lrelu(self.bn2(up_deconv(self.deconv2, x)))         # (B, 64, 8, 8)
+        x = lrelu(self.bn3(up_deconv(self.deconv3, x)))         # (B, 32, 16, 16)
+        return torch.sigmoid(up_deconv(self.deconv4, x))        # (B, 3, 32, 32)
+
+
+class Autoencoder(nn.Module):
+    """encoder (phi) -> [BatchNorm1d on the code, CIFAR-10 only] -> decoder."""
+
+    def __init__(self, encoder, decoder, code_bn=False):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        rep_dim = encoder.rep_dim
+        # The CIFAR-10 reference AE normalises the code; Deep SVDD's phi does not.
+        self.code_bn = nn.BatchNorm1d(rep_dim, eps=BN_EPS, affine=False) if code_bn else nn.Identity()
+
+    def forward(self, x):
+        return self.decoder(self.code_bn(self.encoder(x)))
+
+
+def build_encoder(dataset, rep_dim=None, bn_affine=False):
+    """The stand-alone phi for `dataset` ('mnist' or 'cifar10'); rep_dim defaults to 32 / 128."""
+    if dataset == "mnist":
+        return MnistEncoder(rep_dim or 32, bn_affine)
+    if dataset == "cifar10":
+        return CifarEncoder(rep_dim or 128, bn_affine)
+    raise ValueError(f"unknown dataset {dataset!r}: expected 'mnist' or 'cifar10'")
+
+
+def build_autoencoder(dataset, rep_dim=None, bn_affine=False):
+    """The LeNet-type autoencoder of Deep SVDD's reference code for `dataset` (bn_affine: see bn2d)."""
+    encoder = build_encoder(dataset, rep_dim, bn_affine)
+    if dataset == "mnist":
+        return Autoencoder(encoder, MnistDecoder(encoder.rep_dim, bn_affine))
+    ae = Autoencoder(encoder, CifarDecoder(encoder.rep_dim, bn_affine), code_bn=True)
+    glorot_init(ae, linear=False)  # the CIFAR-10 reference: every (de)convolution Xavier-uniform, lrelu gain
+    return ae
+
+
+def encoder_copy(ae):
+    """A stand-alone phi holding the autoencoder's encoder weights and BatchNorm running statistics.
+
+    Deep SVDD and OC-NN start from the pretrained encoder; they train this copy, never the AE itself.
+    """
+    phi = type(ae.encoder)(ae.encoder.rep_dim, ae.encoder.bn_affine).to(next(ae.parameters()).device)
+    phi.load_state_dict(ae.encoder.state_dict())
+    return phi
+
+
+# ---------------------------------------------------------------------------------------------------
+# Optional initialisations: the paper's Theano code (run.py --ae-init)
+# ---------------------------------------------------------------------------------------------------
+
+def glorot_init(ae, linear=True):
+    """Re-initialise every weight Glorot-uniform, as the paper's Theano code (Lasagne's GlorotUniform).
+
+    Gain sqrt(2 / (1 + 0.01^2)) (leaky ReLU, slope 0.01) for the (de)convolutions, 1 for the linear layer
+    (left at PyTorch's default with linear=False, as the CIFAR-10 reference of the PyTorch port does);
+    the Theano code gives the decoder's last convolution the ReLU gain sqrt(2), 4e-5 larger. PyTorch's
+    default (Kaiming-uniform with a = sqrt(5)) draws the second convolution and the linear layer of the
+    MNIST encoder from ranges 2-3x narrower.
+    """
+    gain = nn.init.calculate_gain("leaky_relu", LRELU_SLOPE)
+    for m in ae.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.xavier_uniform_(m.weight, gain=gain)
+        elif linear and isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+
 
 def image_patches(x, size, n_images=500, seed=0):
     """Every size x size patch of n_images random images of x, one row each, every pixel position (column)
@@ -210,187 +267,7 @@ def dictionary_filters(x, n_filters, size, *, alpha=1.0, iters=30, n_patches=200
 
 
 # ---------------------------------------------------------------------------------------------------
-# MNIST: 1x28x28 -> 32
-# ---------------------------------------------------------------------------------------------------
-
-class MnistEncoder(nn.Module):
-    """phi for MNIST: conv(1->8,5x5) BN lrelu pool -> conv(8->4,5x5) BN lrelu pool -> linear(196->32)."""
-
-    def __init__(self, rep_dim=32, bn_affine=False):
-        super().__init__()
-        self.rep_dim, self.bn_affine = rep_dim, bn_affine
-        self.conv1 = nn.Conv2d(1, 8, 5, padding=2, bias=False)
-        self.bn1 = bn2d(8, bn_affine)
-        self.conv2 = nn.Conv2d(8, 4, 5, padding=2, bias=False)
-        self.bn2 = bn2d(4, bn_affine)
-        self.fc = nn.Linear(4 * 7 * 7, rep_dim, bias=False)
-
-    def forward(self, x):                                       # (B, 1, 28, 28)
-        x = max_pool2(lrelu(self.bn1(self.conv1(x))))           # (B, 8, 14, 14)
-        x = max_pool2(lrelu(self.bn2(self.conv2(x))))           # (B, 4, 7, 7)
-        return self.fc(x.flatten(1))                            # (B, rep_dim) = z
-
-
-class MnistDecoder(nn.Module):
-    """The mirror: z as (2,4,4) -> up -> deconv(2->4) -> up -> deconv(4->8) -> up -> deconv(8->1) -> sigmoid."""
-
-    def __init__(self, rep_dim=32, bn_affine=False):
-        super().__init__()
-        assert rep_dim % 16 == 0, "the decoder views z as (rep_dim/16, 4, 4)"
-        self.deconv1 = nn.ConvTranspose2d(rep_dim // 16, 4, 5, padding=2, bias=False)
-        self.bn1 = bn2d(4, bn_affine)
-        self.deconv2 = nn.ConvTranspose2d(4, 8, 5, padding=3, bias=False)
-        self.bn2 = bn2d(8, bn_affine)
-        self.deconv3 = nn.ConvTranspose2d(8, 1, 5, padding=2, bias=False)
-
-    def forward(self, z):                                       # (B, rep_dim)
-        x = z.view(z.shape[0], -1, 4, 4)                        # (B, 2, 4, 4)
-        x = up2_deconv(self.deconv1, lrelu(x))                  # (B, 4, 8, 8)    deconv1(up2(.))
-        x = up2_deconv(self.deconv2, lrelu(self.bn1(x)))        # (B, 8, 14, 14): padding 3 trims 16 -> 14
-        x = up2_deconv(self.deconv3, lrelu(self.bn2(x)))        # (B, 1, 28, 28)
-        return torch.sigmoid(x)
-
-
-# ---------------------------------------------------------------------------------------------------
-# CIFAR-10: 3x32x32 -> 128
-# ---------------------------------------------------------------------------------------------------
-
-class CifarEncoder(nn.Module):
-    """phi for CIFAR-10: three conv(5x5) BN lrelu pool blocks (32, 64, 128 channels) -> linear(2048->128)."""
-
-    def __init__(self, rep_dim=128, bn_affine=False):
-        super().__init__()
-        self.rep_dim, self.bn_affine = rep_dim, bn_affine
-        self.conv1 = nn.Conv2d(3, 32, 5, padding=2, bias=False)
-        self.bn1 = bn2d(32, bn_affine)
-        self.conv2 = nn.Conv2d(32, 64, 5, padding=2, bias=False)
-        self.bn2 = bn2d(64, bn_affine)
-        self.conv3 = nn.Conv2d(64, 128, 5, padding=2, bias=False)
-        self.bn3 = bn2d(128, bn_affine)
-        self.fc = nn.Linear(128 * 4 * 4, rep_dim, bias=False)
-
-    def forward(self, x):                                       # (B, 3, 32, 32)
-        x = max_pool2(lrelu(self.bn1(self.conv1(x))))           # (B, 32, 16, 16)
-        x = max_pool2(lrelu(self.bn2(self.conv2(x))))           # (B, 64, 8, 8)
-        x = max_pool2(lrelu(self.bn3(self.conv3(x))))           # (B, 128, 4, 4)
-        return self.fc(x.flatten(1))                            # (B, rep_dim) = z
-
-
-class CifarDecoder(nn.Module):
-    """z as (8,4,4) -> deconv(8->128) -> up -> deconv(128->64) -> up -> deconv(64->32) -> up -> deconv(32->3)."""
-
-    def __init__(self, rep_dim=128, bn_affine=False):
-        super().__init__()
-        assert rep_dim % 16 == 0, "the decoder views z as (rep_dim/16, 4, 4)"
-        self.deconv1 = nn.ConvTranspose2d(rep_dim // 16, 128, 5, padding=2, bias=False)
-        self.bn1 = bn2d(128, bn_affine)
-        self.deconv2 = nn.ConvTranspose2d(128, 64, 5, padding=2, bias=False)
-        self.bn2 = bn2d(64, bn_affine)
-        self.deconv3 = nn.ConvTranspose2d(64, 32, 5, padding=2, bias=False)
-        self.bn3 = bn2d(32, bn_affine)
-        self.deconv4 = nn.ConvTranspose2d(32, 3, 5, padding=2, bias=False)
-
-    def forward(self, z):                                       # (B, rep_dim)
-        x = lrelu(z.view(z.shape[0], -1, 4, 4))                 # (B, 8, 4, 4)
-        x = lrelu(self.bn1(self.deconv1(x)))                    # (B, 128, 4, 4)
-        x = lrelu(self.bn2(up2_deconv(self.deconv2, x)))        # (B, 64, 8, 8)    deconv2(up2(.))
-        x = lrelu(self.bn3(up2_deconv(self.deconv3, x)))        # (B, 32, 16, 16)
-        return torch.sigmoid(up2_deconv(self.deconv4, x))       # (B, 3, 32, 32)
-
-
-class Autoencoder(nn.Module):
-    """encoder (phi) -> [BatchNorm1d on the code, CIFAR-10 only] -> decoder."""
-
-    def __init__(self, encoder, decoder, code_bn=False):
-        super().__init__()
-        self.encoder = encoder
-        self.decoder = decoder
-        rep_dim = encoder.rep_dim
-        # The CIFAR-10 reference AE normalises the code; Deep SVDD's phi does not.
-        self.code_bn = nn.BatchNorm1d(rep_dim, eps=BN_EPS, affine=False) if code_bn else nn.Identity()
-
-    def forward(self, x):
-        return self.decoder(self.code_bn(self.encoder(x)))
-
-
-def build_encoder(dataset, rep_dim=None, bn_affine=False):
-    """The stand-alone phi for `dataset` ('mnist' or 'cifar10'); rep_dim defaults to 32 / 128."""
-    if dataset == "mnist":
-        return MnistEncoder(rep_dim or 32, bn_affine)
-    if dataset == "cifar10":
-        return CifarEncoder(rep_dim or 128, bn_affine)
-    raise ValueError(f"unknown dataset {dataset!r}: expected 'mnist' or 'cifar10'")
-
-
-def build_autoencoder(dataset, rep_dim=None, bn_affine=False):
-    """The LeNet-type autoencoder of Deep SVDD's reference code for `dataset` (bn_affine: see bn2d)."""
-    encoder = build_encoder(dataset, rep_dim, bn_affine)
-    if dataset == "mnist":
-        return Autoencoder(encoder, MnistDecoder(encoder.rep_dim, bn_affine))
-    ae = Autoencoder(encoder, CifarDecoder(encoder.rep_dim, bn_affine), code_bn=True)
-    glorot_init(ae, linear=False)  # the CIFAR-10 reference: every (de)convolution Xavier-uniform, lrelu gain
-    return ae
-
-
-def glorot_init(ae, linear=True):
-    """Re-initialise every weight Glorot-uniform, as the paper's Theano code (Lasagne's GlorotUniform).
-
-    Gain sqrt(2 / (1 + 0.01^2)) (leaky ReLU, slope 0.01) for the (de)convolutions, 1 for the linear layer
-    (left at PyTorch's default with linear=False, as the CIFAR-10 reference of the PyTorch port does);
-    the Theano code gives the decoder's last convolution the ReLU gain sqrt(2), 4e-5 larger. PyTorch's
-    default (Kaiming-uniform with a = sqrt(5)) draws the second convolution and the linear layer of the
-    MNIST encoder from ranges 2-3x narrower.
-    """
-    gain = nn.init.calculate_gain("leaky_relu", LRELU_SLOPE)
-    for m in ae.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.xavier_uniform_(m.weight, gain=gain)
-        elif linear and isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-
-
-def encoder_copy(ae):
-    """A stand-alone phi holding the autoencoder's encoder weights and BatchNorm running statistics.
-
-    Deep SVDD and OC-NN start from the pretrained encoder; they train this copy, never the AE itself.
-    """
-    phi = type(ae.encoder)(ae.encoder.rep_dim, ae.encoder.bn_affine).to(next(ae.parameters()).device)
-    phi.load_state_dict(ae.encoder.state_dict())
-    return phi
-
-
-# ---------------------------------------------------------------------------------------------------
-# Shared by every training loop (ae.py, rcae.py, svdd.py, ocnn.py)
-# ---------------------------------------------------------------------------------------------------
-
-class NonFiniteLoss(RuntimeError):
-    """A loss became NaN or infinite: training stops and says where."""
-
-
-def check_finite(loss, stage, epoch):
-    if not math.isfinite(loss):
-        raise NonFiniteLoss(f"{stage}: the loss became {loss} at epoch {epoch}; "
-                            f"try a smaller learning rate or check the input data")
-    return loss
-
-
-def adam_with_milestones(params, lr, weight_decay, milestones):
-    """Adam + MultiStepLR(gamma=0.1), stepped once per epoch, as in the reference code."""
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(milestones), gamma=0.1)
-    return optimizer, scheduler
-
-
-def print_epoch(stage, record, epochs):
-    """One progress line: epoch, loss, the stage's own quantities, lr, seconds."""
-    extra = "".join(f"  {k} {v:.4g}" for k, v in record.items()
-                    if k not in ("epoch", "loss", "lr", "seconds") and isinstance(v, (int, float)))
-    print(f"[{stage}] epoch {record['epoch']:>3}/{epochs}  loss {record['loss']:.6g}{extra}"
-          f"  lr {record['lr']:.1e}  {record['seconds']:.2f}s", flush=True)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Training and scoring
+# The DCAE loss and score
 # ---------------------------------------------------------------------------------------------------
 
 def reconstruction_error(x_hat, x):
@@ -398,14 +275,18 @@ def reconstruction_error(x_hat, x):
     return ((x_hat - x) ** 2).flatten(1).sum(dim=1)
 
 
+# ---------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------
+
 def train_epoch(ae, x, target, optimizer, generator, batch_size):
     """One pass over the data: minimise 1/B sum_i ||target_i - ae(x_i)||^2 per batch; returns the mean loss.
 
-    Each batch is an index slice of a permutation drawn from `generator` (data.batches).
+    Each batch is an index slice of a permutation drawn from `generator` (training.batches).
     """
     ae.train()
     total = 0.0
-    for idx in data.batches(len(x), batch_size, generator):
+    for idx in training.batches(len(x), batch_size, generator):
         idx = idx.to(x.device)
         x_hat = ae(x[idx])                                              # (B, C, H, W)
         loss = reconstruction_error(x_hat, target[idx]).mean()          # 1/B sum_i ||target_i - x_hat_i||^2
@@ -417,28 +298,36 @@ def train_epoch(ae, x, target, optimizer, generator, batch_size):
 
 
 def train_autoencoder(ae, x, *, epochs=150, lr=1e-4, weight_decay=0.5e-3, milestones=(50,),
-                      batch_size=200, seed=0, verbose=True, stage="pretrain ae"):
+                      batch_size=200, seed=0, verbose=True, stage="pretrain ae", checkpoint=None):
     """Train `ae` to reconstruct `x`; returns the per-epoch history [{epoch, loss, lr, seconds}, ...].
 
     L = 1/B sum_i ||x_i - ae(x_i)||^2, minimised by Adam with weight decay (PyTorch's weight_decay is
     half the paper's lambda), the lr multiplied by 0.1 after each milestone epoch (reference schedule,
     Deep-SVDD-PyTorch README). `x` stays on its device; batches are index slices of a seeded permutation.
+    checkpoint: a training.Checkpoint to save the state at epoch ends and resume from (None: no saving).
     """
     ae.to(x.device)
-    optimizer, scheduler = adam_with_milestones(ae.parameters(), lr, weight_decay, milestones)
+    optimizer, scheduler = training.adam_with_milestones(ae.parameters(), lr, weight_decay, milestones)
     generator = torch.Generator().manual_seed(seed)
-    history = []
-    for epoch in range(1, epochs + 1):
+    state = dict(ae=ae, optimizer=optimizer, scheduler=scheduler, generator=generator)
+    checkpoint = checkpoint or training.NoCheckpoint()
+    history, _ = checkpoint.restore(**state)
+    for epoch in range(len(history) + 1, epochs + 1):
         start = time.perf_counter()
         loss = train_epoch(ae, x, x, optimizer, generator, batch_size)
-        record = {"epoch": epoch, "loss": check_finite(loss, stage, epoch),
+        record = {"epoch": epoch, "loss": training.check_finite(loss, stage, epoch),
                   "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
         scheduler.step()
         history.append(record)
+        checkpoint.save(history, epochs, **state)
         if verbose:
-            print_epoch(stage, record, epochs)
+            training.print_epoch(stage, record, epochs)
     return history
 
+
+# ---------------------------------------------------------------------------------------------------
+# Scoring
+# ---------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
 def reconstruct(ae, x, batch_size=500):

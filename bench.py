@@ -2,7 +2,7 @@
 
     python bench.py                       # MNIST normal class 0 (and CIFAR-10 airplane if its batches exist)
     python bench.py --reps 7 --device cuda
-    python bench.py --datasets mnist --pool-ab 12   # also: training pooling, ae.MaxPool2 vs F.max_pool2d
+    python bench.py --datasets mnist --pool-ab 12   # also: training pooling, fast_ops.MaxPool2 vs F.max_pool2d
 
 For each stage: seconds per epoch (median of --reps epochs after --warmup epochs), images per second,
 and the fraction of this machine's float32 matmul throughput (measured in the same run) that the stage's
@@ -11,7 +11,9 @@ arithmetic reaches. The arithmetic of a stage is counted with torch.utils.flop_c
 Do not run it beside another torch process: two processes' threads compete and the figures mean nothing.
 """
 import argparse
+import os
 import statistics
+import tempfile
 import time
 
 import torch
@@ -19,9 +21,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import ae
 import data
+import fast_ops
 import ocnn
 import rcae
 import svdd
+import training
 
 
 def sync(device):
@@ -94,7 +98,7 @@ def bench(dataset, normal_class, device, reps, warmup, batch_size):
     rows.append(("AE scoring the test set", timed(lambda: ae.reconstruction_scores(model, x_test), device,
                                                    reps, 1), len(x_test), fwd_ae))
     # The same two stages with the reference formulation of the decoder (deconv(up2(x))), in this run.
-    ae.FUSED_UPSAMPLE = False
+    fast_ops.UPSAMPLE = False
     plain = ae.build_autoencoder(dataset).to(device)
     step_plain = count_flops(lambda: ae.reconstruction_error(plain(xb), xb).mean().backward())
     hist = ae.train_autoencoder(plain, x, epochs=epochs, **quiet)
@@ -102,11 +106,11 @@ def bench(dataset, normal_class, device, reps, warmup, batch_size):
     rows.append(("  scoring, plain deconv(up2(x))", timed(lambda: ae.reconstruction_scores(plain, x_test),
                                                           device, reps, 1), len(x_test),
                  count_flops(lambda: ae.reconstruct(plain, x_test))))
-    ae.FUSED_UPSAMPLE = True
-    ae.FAST_POOL = False                                  # scoring with F.max_pool2d (argmax indices computed)
+    fast_ops.UPSAMPLE = True
+    fast_ops.POOL = False                                  # scoring with F.max_pool2d (argmax indices computed)
     rows.append(("  scoring, F.max_pool2d", timed(lambda: ae.reconstruction_scores(model, x_test), device,
                                                   reps, 1), len(x_test), fwd_ae))
-    ae.FAST_POOL = True
+    fast_ops.POOL = True
     c, R, hist = svdd.train_svdd(ae.encoder_copy(model), x, objective="one-class", epochs=epochs, **quiet)
     rows.append(("Deep SVDD epoch (one-class)", epoch_seconds(hist, warmup), n, step_phi * n_batches))
     phi = ae.encoder_copy(model)
@@ -123,13 +127,29 @@ def bench(dataset, normal_class, device, reps, warmup, batch_size):
     return rows
 
 
+def checkpoint_cost(dataset, device, reps):
+    """Seconds and bytes of one checkpoint of the autoencoder stage (weights, Adam's moments, the schedule,
+    the batch generator, a 150-epoch history), as run.py saves it at most every --checkpoint-seconds."""
+    torch.manual_seed(0)
+    model = ae.build_autoencoder(dataset).to(device)
+    optimizer, scheduler = training.adam_with_milestones(model.parameters(), 1e-4, 1e-6, [50])
+    model(torch.rand(2, *((1, 28, 28) if dataset == "mnist" else (3, 32, 32)), device=device)).sum().backward()
+    optimizer.step()                                                  # Adam's moments exist from here on
+    history = [{"epoch": e, "loss": 1.0, "lr": 1e-4, "seconds": 1.0} for e in range(1, 151)]
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = training.Checkpoint(os.path.join(folder, "checkpoint.pt"), seconds=0)
+        state = dict(ae=model, optimizer=optimizer, scheduler=scheduler, generator=torch.Generator())
+        seconds = timed(lambda: checkpoint.save(history, 150, **state), device, reps, 1)
+        return seconds, os.path.getsize(checkpoint.path)
+
+
 def pooling_ab(dataset, device, pairs, batch_size):
-    """Training with ae.MaxPool2 against F.max_pool2d: paired epochs, the order swapped every pair.
+    """Training with fast_ops.MaxPool2 against F.max_pool2d: paired epochs, the order swapped every pair.
 
     Blocks of epochs timed one after the other drift with this machine's load; epochs alternated in one
     process and compared pair by pair do not. Prints the median of `pairs` ratios (the first pair, a
-    warm-up, dropped); below 1 means ae.MaxPool2 is faster. On other devices than the CPU both sides use
-    F.max_pool2d (see ae.max_pool2).
+    warm-up, dropped); below 1 means fast_ops.MaxPool2 is faster. On other devices than the CPU both sides use
+    F.max_pool2d (see fast_ops.max_pool2).
     """
     x = data.one_class_split(dataset, 0, root="data", device=device).x_train
     torch.manual_seed(0)
@@ -138,17 +158,17 @@ def pooling_ab(dataset, device, pairs, batch_size):
     quiet = dict(epochs=1, batch_size=batch_size, verbose=False)
     stages = {"AE training epoch": lambda: ae.train_autoencoder(model, x, **quiet)[0]["seconds"],
               "Deep SVDD epoch (one-class)": lambda: svdd.train_svdd(phi, x, **quiet)[2][0]["seconds"]}
-    print(f"\n{dataset}, normal class 0: training pooling, ae.MaxPool2 / F.max_pool2d, paired epochs")
+    print(f"\n{dataset}, normal class 0: training pooling, fast_ops.MaxPool2 / F.max_pool2d, paired epochs")
     for name, epoch in stages.items():
         ratios = []
         for i in range(pairs + 1):
             seconds = {}
             for fast in ((True, False) if i % 2 == 0 else (False, True)):
-                ae.FAST_POOL = fast
+                fast_ops.POOL = fast
                 seconds[fast] = epoch()
             if i > 0:
                 ratios.append(seconds[True] / seconds[False])
-        ae.FAST_POOL = True
+        fast_ops.POOL = True
         print(f"{name:34s} median ratio {statistics.median(ratios):.3f} over {pairs} pairs "
               f"(range {min(ratios):.3f}-{max(ratios):.3f})")
 
@@ -161,7 +181,7 @@ def main(argv=None):
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--datasets", nargs="*", default=["mnist", "cifar10"])
     p.add_argument("--pool-ab", type=int, default=0, metavar="PAIRS",
-                   help="also time training with ae.MaxPool2 against F.max_pool2d in PAIRS paired epochs")
+                   help="also time training with fast_ops.MaxPool2 against F.max_pool2d in PAIRS paired epochs")
     args = p.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
@@ -180,6 +200,9 @@ def main(argv=None):
         for name, seconds, images, flop in rows:
             share = f"{100 * flop / seconds / peak:13.1f} %" if flop == flop else f"{'-':>15s}"
             print(f"{name:34s} {seconds:8.3f} {images / seconds:10.0f} {flop / 1e9:7.2f} {share}")
+        seconds, size = checkpoint_cost(dataset, device, args.reps)
+        print(f"checkpoint of the AE stage: {size / 2 ** 20:.2f} MiB in {1000 * seconds:.1f} ms, "
+              f"{100 * seconds / rows[0][1]:.2f} % of an AE epoch if saved after every epoch")
         if args.pool_ab:
             pooling_ab(dataset, device, args.pool_ab, args.batch_size)
 

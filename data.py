@@ -392,10 +392,3 @@ def one_class_split(dataset, normal_class, pollution_rate=0.0, seed=0, root='dat
         train_index=torch.from_numpy(train_index.astype(np.int64)).to(dev),
         polluted=torch.from_numpy(np.arange(len(train_index)) >= len(normal)).to(dev),
         scale=(lo, hi), dataset=dataset, normal_class=int(normal_class))
-
-
-def batches(n, batch_size, generator):
-    """Yield int64 index tensors: a torch.randperm(n) from a CPU generator, cut into batch_size chunks."""
-    perm = torch.randperm(n, generator=generator)  # (n,) on the CPU; index any device's tensors with it
-    for start in range(0, n, batch_size):
-        yield perm[start:start + batch_size]  # the last chunk may be shorter

@@ -54,7 +54,7 @@ import torch
 import torch.nn as nn
 
 import ae as ae_lib
-import data
+import training
 
 ACTIVATIONS = {"linear": nn.Identity, "sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -103,12 +103,13 @@ def head_outputs(encoder, head, x=None, z=None, batch_size=500):
 
 def train_ocnn(encoder, x, *, joint=False, nu=0.01, epochs=250, lr=1e-4, lr_drop_epoch=100,
                encoder_lr=1e-5, encoder_weight_decay=1e-5, hidden=32, activation="linear",
-               batch_size=200, seed=0, verbose=True):
+               batch_size=200, seed=0, verbose=True, checkpoint=None):
     """Train the OC-NN head (and, if `joint`, the encoder, in place) on the objective above.
 
     Returns (head, r, history); history per epoch: loss, r, frac_below (fraction of training outputs
     strictly below r after the r-step; at most nu by construction), lr, seconds. In z-only mode the
     encoder is left untouched (eval mode, no gradient, no BatchNorm statistics update).
+    checkpoint: a training.Checkpoint to save the state at epoch ends and resume from, or None.
     """
     stage = "ocnn joint" if joint else "ocnn z-only"
     encoder.to(x.device)
@@ -122,13 +123,17 @@ def train_ocnn(encoder, x, *, joint=False, nu=0.01, epochs=250, lr=1e-4, lr_drop
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[lr_drop_epoch], gamma=0.1)
     r = update_r(head_outputs(encoder, head, x, z_all), nu)            # r from the initial outputs
     generator = torch.Generator().manual_seed(seed)
-    history = []
-    for epoch in range(1, epochs + 1):
+    state = dict(head=head, encoder=encoder, optimizer=optimizer, scheduler=scheduler, generator=generator)
+    checkpoint = checkpoint or training.NoCheckpoint()
+    history, saved = checkpoint.restore(**state)
+    if saved is not None:
+        r = saved["r"]
+    for epoch in range(len(history) + 1, epochs + 1):
         start, total = time.perf_counter(), 0.0
         head.train()
         if joint:
             encoder.train()
-        for idx in data.batches(len(x), batch_size, generator):
+        for idx in training.batches(len(x), batch_size, generator):
             idx = idx.to(x.device)
             z = encoder(x[idx]) if joint else z_all[idx]               # (B, D)
             loss = ocnn_loss(head(z), r, head, nu)                     # (a) gradient step, r fixed
@@ -138,13 +143,14 @@ def train_ocnn(encoder, x, *, joint=False, nu=0.01, epochs=250, lr=1e-4, lr_drop
             total += loss.item() * len(idx)
         y_hat = head_outputs(encoder, head, x, z_all)                  # (n,) eval mode
         r = update_r(y_hat, nu)                                        # (b) r-step: nu-quantile
-        record = {"epoch": epoch, "loss": ae_lib.check_finite(total / len(x), stage, epoch), "r": r,
+        record = {"epoch": epoch, "loss": training.check_finite(total / len(x), stage, epoch), "r": r,
                   "frac_below": (y_hat < r).float().mean().item(), "lr": optimizer.param_groups[0]["lr"],
                   "seconds": time.perf_counter() - start}
         scheduler.step()
         history.append(record)
+        checkpoint.save(history, epochs, {"r": r}, **state)
         if verbose:
-            ae_lib.print_epoch(stage, record, epochs)
+            training.print_epoch(stage, record, epochs)
     return head, r, history
 
 

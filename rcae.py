@@ -42,6 +42,7 @@ import time
 import torch
 
 import ae as ae_lib
+import training
 
 
 def soft_threshold(x, t):
@@ -56,26 +57,30 @@ def n_step(ae, x, lam):
 
 
 def train_rcae(ae, x, *, lam=0.1, outer_iters=5, epochs_per_iter=30, lr=1e-4, weight_decay=0.5e-3,
-               milestones=(50,), batch_size=200, seed=0, verbose=True, stage="pretrain rcae"):
+               milestones=(50,), batch_size=200, seed=0, verbose=True, stage="pretrain rcae", checkpoint=None):
     """Alternate E autoencoder epochs on X - N with the N-step N <- S_{lam/2}(X - AE(X)), T times.
 
     Returns (ae, N, history); history has one record per epoch ({epoch, loss, lr, seconds} as the AE),
     and the record that closes each outer iteration adds the N-step's figures: `outer` (t), `recon`
     (mean_i ||X_i - AE(X_i)||^2), `objective` (mean_i ||X_i - N_i - AE(X_i)||^2 + lam ||N_i||_1),
     `N_l1` (||N||_1 over the whole training set), `N_l1_per_image` and `N_nonzero` (fraction of
-    non-zero entries of N).
+    non-zero entries of N). checkpoint: a training.Checkpoint (saves N too), or None.
     """
     ae.to(x.device)
     N = torch.zeros_like(x)                                           # start with no outliers
     epochs = outer_iters * epochs_per_iter
-    optimizer, scheduler = ae_lib.adam_with_milestones(ae.parameters(), lr, weight_decay, milestones)
+    optimizer, scheduler = training.adam_with_milestones(ae.parameters(), lr, weight_decay, milestones)
     generator = torch.Generator().manual_seed(seed)
-    history = []
-    for epoch in range(1, epochs + 1):
+    state = dict(ae=ae, optimizer=optimizer, scheduler=scheduler, generator=generator)
+    checkpoint = checkpoint or training.NoCheckpoint()
+    history, saved = checkpoint.restore(**state)
+    if saved is not None:
+        N = saved["N"].to(x.device)
+    for epoch in range(len(history) + 1, epochs + 1):
         start = time.perf_counter()
         # (a) theta-step: the autoencoder learns to reconstruct X - N, the part that is not outlier.
         loss = ae_lib.train_epoch(ae, x, x - N, optimizer, generator, batch_size)
-        record = {"epoch": epoch, "loss": ae_lib.check_finite(loss, stage, epoch),
+        record = {"epoch": epoch, "loss": training.check_finite(loss, stage, epoch),
                   "lr": optimizer.param_groups[0]["lr"]}
         scheduler.step()
         if epoch % epochs_per_iter == 0:
@@ -90,8 +95,9 @@ def train_rcae(ae, x, *, lam=0.1, outer_iters=5, epochs_per_iter=30, lr=1e-4, we
                 N_nonzero=(N != 0).float().mean().item())
         record["seconds"] = time.perf_counter() - start
         history.append(record)
+        checkpoint.save(history, epochs, {"N": N}, **state)
         if verbose:
-            ae_lib.print_epoch(stage, record, epochs)
+            training.print_epoch(stage, record, epochs)
     return ae, N, history
 
 

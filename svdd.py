@@ -44,7 +44,7 @@ import time
 import torch
 
 import ae as ae_lib
-import data
+import training
 
 
 @torch.no_grad()
@@ -91,12 +91,13 @@ def radius_from_quantile(dist, nu):
 
 
 def train_svdd(phi, x, *, objective="one-class", nu=0.1, epochs=150, lr=1e-4, weight_decay=0.5e-6,
-               milestones=(50,), batch_size=200, warmup=10, seed=0, verbose=True):
+               milestones=(50,), batch_size=200, warmup=10, seed=0, verbose=True, checkpoint=None):
     """Train phi (already holding the pretrained encoder's weights) on eq. (4) or eq. (3).
 
     objective: 'one-class' (eq. 4) or 'soft-boundary' (eq. 3). Returns (c, R, history); R = 0 for
     one-class. History per epoch: loss, lr, seconds; soft-boundary adds R and frac_out (fraction of
     training points with distance > R after the epoch's R update; Prop. 4 bounds it by nu).
+    checkpoint: a training.Checkpoint to save the state at epoch ends and resume from, or None.
     """
     if objective not in ("one-class", "soft-boundary"):
         raise ValueError(f"unknown Deep SVDD objective {objective!r}: 'one-class' or 'soft-boundary'")
@@ -104,13 +105,17 @@ def train_svdd(phi, x, *, objective="one-class", nu=0.1, epochs=150, lr=1e-4, we
     phi.to(x.device)
     c = init_center(phi, x)                                             # fixed from here on (Prop. 1)
     R = 0.0
-    optimizer, scheduler = ae_lib.adam_with_milestones(phi.parameters(), lr, weight_decay, milestones)
+    optimizer, scheduler = training.adam_with_milestones(phi.parameters(), lr, weight_decay, milestones)
     generator = torch.Generator().manual_seed(seed)
-    history = []
-    for epoch in range(1, epochs + 1):
+    state = dict(phi=phi, optimizer=optimizer, scheduler=scheduler, generator=generator)
+    checkpoint = checkpoint or training.NoCheckpoint()
+    history, saved = checkpoint.restore(**state)
+    if saved is not None:
+        c, R = saved["c"].to(x.device), saved["R"]
+    for epoch in range(len(history) + 1, epochs + 1):
         start, total = time.perf_counter(), 0.0
         phi.train()
-        for idx in data.batches(len(x), batch_size, generator):
+        for idx in training.batches(len(x), batch_size, generator):
             idx = idx.to(x.device)
             dist2 = sq_dist(phi(x[idx]), c)                             # (B,) ||phi(x_i) - c||^2
             if objective == "one-class":
@@ -121,7 +126,7 @@ def train_svdd(phi, x, *, objective="one-class", nu=0.1, epochs=150, lr=1e-4, we
             loss.backward()                                             # weight decay: in the optimiser
             optimizer.step()
             total += loss.item() * len(idx)
-        record = {"epoch": epoch, "loss": ae_lib.check_finite(total / len(x), stage, epoch),
+        record = {"epoch": epoch, "loss": training.check_finite(total / len(x), stage, epoch),
                   "lr": optimizer.param_groups[0]["lr"]}
         scheduler.step()
         if objective == "soft-boundary":
@@ -131,8 +136,9 @@ def train_svdd(phi, x, *, objective="one-class", nu=0.1, epochs=150, lr=1e-4, we
             record.update(R=R, frac_out=(dist > R).float().mean().item())
         record["seconds"] = time.perf_counter() - start
         history.append(record)
+        checkpoint.save(history, epochs, {"c": c, "R": R}, **state)
         if verbose:
-            ae_lib.print_epoch(stage, record, epochs)
+            training.print_epoch(stage, record, epochs)
     return c, R, history
 
 
