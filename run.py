@@ -2,11 +2,13 @@
 
     python run.py --objective svdd                       # MNIST, normal class 0, Deep SVDD (one-class)
     python run.py --objective ocnn --joint --pretrain rcae --pollution-rate 0.05
-    python run.py --objective svdd --normal-class all --seeds 0 1 2      # a resumable sweep + summary
+    python run.py --objective svdd --normal-class all --seeds 0 1 2 --jobs 2   # a resumable sweep + summary
+    python run.py --settings port                        # the PyTorch port's settings (Deep-SVDD-PyTorch)
 
-Every default lives in `Config` below; the flags are made from its fields. Fields left at None take the
-reference value of the chosen dataset (Deep-SVDD-PyTorch README, the OC-NN paper; `DATASET_DEFAULTS`). This is the only
-file that knows every other one: data.py -> ae.py | rcae.py -> svdd.py | ocnn.py -> evaluate.py.
+Every default lives in `Config` below, with its valid values beside it (one check, `resolve`, enforces
+them all); the flags are made from its fields. Fields left at None take the values of `--settings` for the
+chosen dataset (`PRESETS`). This is the only file that knows every other one:
+data.py -> ae.py | rcae.py -> svdd.py | ocnn.py -> evaluate.py.
 
 Run folder: <out>/<time>-<dataset>-<class>-<pretrain>-<objective>/ with config.json, history.json,
 scores.csv (test index, label, score), model.pt, plots/ and, written last and atomically, metrics.json:
@@ -15,13 +17,23 @@ writes its runs into <out>/sweep-<dataset>-<pretrain>-<objective>-<hash of the s
 names, skips those that finished when started again, and writes summary.csv and summary.md.
 Pretrained autoencoders are cached in <out>/ae-cache/, keyed on the data, the pretraining settings and
 the seed, so a comparison of objectives pretrains once.
+
+Interrupted runs: every training loop saves its state at epoch ends (training.Checkpoint, at most every
+--checkpoint-seconds): the autoencoder's beside its cache entry, the objective's in the run folder. The
+same command started again resumes a sweep's runs, or the newest unfinished single run of the same
+settings, from the last saved epoch, and ends with the weights of an uninterrupted run.
 """
 import argparse
+import concurrent.futures
+import contextlib
 import csv
 import dataclasses
 import datetime
+import glob
 import hashlib
 import json
+import math
+import multiprocessing
 import os
 import sys
 import time
@@ -35,120 +47,175 @@ import evaluate
 import ocnn
 import rcae
 import svdd
+import training
 
 OBJECTIVES = ("svdd", "soft-svdd", "ocnn", "ae")
 
-# Reference settings that differ between the datasets (Deep-SVDD-PyTorch README; the OC-NN seed lab).
-DATASET_DEFAULTS = {
-    "mnist": dict(rep_dim=32, ae_epochs=150, ae_milestones=[50], ae_weight_decay=0.5e-3, ocnn_nu=0.01),
-    "cifar10": dict(rep_dim=128, ae_epochs=350, ae_milestones=[250], ae_weight_decay=0.5e-6, ocnn_nu=0.1),
+# The values of the fields left at None, per dataset and --settings. "paper": the settings measured closest
+# to the Deep SVDD paper's Table 1; on MNIST those of the paper's own (Theano) code: Glorot + dictionary
+# start, BatchNorm with a learned scale and shift, a constant autoencoder lr, weight decays 1e-3 / 1e-6
+# (results/README.md, "MNIST reproduction"). "port": the PyTorch port's (Deep-SVDD-PyTorch README). On
+# CIFAR-10 only the port's settings have been measured, so both names give them.
+PORT = {
+    "mnist": dict(rep_dim=32, ae_epochs=150, ae_milestones=[50], ae_weight_decay=0.5e-3, svdd_weight_decay=0.5e-6,
+                  ae_init="default", bn_affine=False, ocnn_nu=0.01),
+    "cifar10": dict(rep_dim=128, ae_epochs=350, ae_milestones=[250], ae_weight_decay=0.5e-6,
+                    svdd_weight_decay=0.5e-6, ae_init="default", bn_affine=False, ocnn_nu=0.1),
+}
+PRESETS = {
+    ("mnist", "paper"): dict(PORT["mnist"], ae_init="theano", bn_affine=True, ae_milestones=[],
+                             ae_weight_decay=1e-3, svdd_weight_decay=1e-6),
+    ("mnist", "port"): PORT["mnist"],
+    ("cifar10", "paper"): PORT["cifar10"],
+    ("cifar10", "port"): PORT["cifar10"],
 }
 
 
-def opt(default, help, factory=False):
-    """A Config field with its --help text (factory: default is a function that makes it, for lists)."""
+@dataclasses.dataclass(frozen=True)
+class Valid:
+    """The valid values of a field: `what` for the reader and the error message, `test` to check one."""
+    what: str
+    test: object
+
+
+def finite(v):
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+POSITIVE = Valid("a finite number > 0", lambda v: finite(v) and v > 0)
+NONNEG = Valid("a finite number >= 0", lambda v: finite(v) and v >= 0)
+COUNT = Valid("an integer >= 1", lambda v: v >= 1)
+SEED = Valid("an integer >= 0", lambda v: v >= 0)
+EPOCHS = Valid("epoch numbers >= 1 (none: a constant lr)", lambda v: all(e >= 1 for e in v))
+
+
+def one_of(*choices):
+    return Valid(" | ".join(choices), lambda v: v in choices)
+
+
+def opt(default, help, valid=None, factory=False):
+    """A Config field: its default, its --help text and its valid values (a Valid; None: any value of its type)."""
+    meta = {"help": help, "valid": valid}
     if factory:
-        return dataclasses.field(default_factory=default, metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=default, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 @dataclasses.dataclass
 class Config:
     # what to run
-    dataset: str = opt("mnist", "mnist | cifar10")
-    normal_class: str = opt("0", "0..9, 'all' (a sweep over the ten classes) or a list such as 0,2,5")
-    pretrain: str = opt("ae", "ae | rcae: the representation (stage 1)")
-    objective: str = opt("svdd", "svdd (one-class) | soft-svdd | ocnn | ae (DCAE: reconstruction error)")
-    nu: float = opt(None, "soft-svdd / ocnn: None = 0.1 for SVDD, 0.01 MNIST / 0.1 CIFAR for OC-NN")
-    pollution_rate: float = opt(0.0, "fraction of anomalies mixed into the training set")
-    seed: int = opt(0, "seeds torch, numpy, the batch order and the pollution draw")
-    seeds: list = opt(None, "several seeds: a sweep, e.g. --seeds 0 1 2")
-    rep_dim: int = opt(None, "None = 32 MNIST / 128 CIFAR-10")
-    batch_size: int = opt(200, "mini-batch size of every stage")
+    dataset: str = opt("mnist", "the data set", one_of("mnist", "cifar10"))
+    normal_class: str = opt("0", "the normal class; 'all' or a list sweeps those classes",
+                            Valid("0..9, 'all' or a list such as 0,2,5",
+                                  lambda v: v == "all" or all(p.isdigit() and int(p) <= 9 for p in v.split(","))))
+    pretrain: str = opt("ae", "the representation (stage 1)", one_of("ae", "rcae"))
+    objective: str = opt("svdd", "one-class / soft-boundary Deep SVDD, OC-NN, or the DCAE reconstruction error",
+                         one_of(*OBJECTIVES))
+    settings: str = opt("paper", "fills the fields left at None: paper = closest to Deep SVDD's Table 1 "
+                                 "(MNIST: the Theano code's settings), port = Deep-SVDD-PyTorch's",
+                        one_of("paper", "port"))
+    nu: float = opt(None, "soft-svdd / ocnn; None = 0.1 for SVDD, 0.01 MNIST / 0.1 CIFAR-10 for OC-NN",
+                    Valid("a number in (0, 1]", lambda v: finite(v) and 0 < v <= 1))
+    pollution_rate: float = opt(0.0, "fraction of anomalies mixed into the training set",
+                                Valid("a number in [0, 1)", lambda v: finite(v) and 0 <= v < 1))
+    seed: int = opt(0, "seeds torch, numpy, the batch order and the pollution draw", SEED)
+    seeds: list = opt(None, "several seeds make a sweep, e.g. --seeds 0 1 2",
+                      Valid("one or more integers >= 0", lambda v: len(v) > 0 and all(s >= 0 for s in v)))
+    rep_dim: int = opt(None, "code size; None = 32 MNIST / 128 CIFAR-10",
+                       Valid("a multiple of 16 (the decoder views z as rep_dim/16 x 4 x 4)",
+                             lambda v: v >= 16 and v % 16 == 0))
+    batch_size: int = opt(200, "mini-batch size of every stage", COUNT)
     # stage 1: autoencoder pretraining (DCAE), and RCAE's sparse part
-    ae_epochs: int = opt(None, "None = 150 MNIST / 350 CIFAR-10")
-    ae_lr: float = opt(1e-4, "Adam learning rate of the autoencoder")
-    ae_milestones: list = opt(None, "lr x0.1 after these epochs; None = [50] / [250]")
-    ae_weight_decay: float = opt(None, "None = 0.5e-3 MNIST / 0.5e-6 CIFAR-10")
-    rcae_lambda: float = opt(0.1, "l1 weight of N; threshold lambda/2")
-    rcae_iters: int = opt(5, "outer iterations T; each runs ae_epochs / T epochs")
-    ae_init: str = opt("default", "default (PyTorch's random init) | dict: the first convolution's filters "
-                                  "from a dictionary of image patches (the Theano code's --weight_dict_init) | "
-                                  "theano: Glorot-uniform weights (ae.glorot_init), then dict")
-    bn_affine: bool = opt(False, "BatchNorm with a learned scale and shift, as the paper's Theano code (a "
-                                 "shift is a bias, which Deep SVDD's Prop. 2 excludes; the PyTorch port has none)")
+    ae_epochs: int = opt(None, "None = 150 MNIST / 350 CIFAR-10", COUNT)
+    ae_lr: float = opt(1e-4, "Adam learning rate of the autoencoder", POSITIVE)
+    ae_milestones: list = opt(None, "lr x0.1 after these epochs; None = paper: none (MNIST), [250] "
+                                    "(CIFAR-10); port: [50] / [250]", EPOCHS)
+    ae_weight_decay: float = opt(None, "None = paper: 1e-3 MNIST; port: 0.5e-3 MNIST; 0.5e-6 CIFAR-10", NONNEG)
+    rcae_lambda: float = opt(0.1, "l1 weight of N; threshold lambda/2", NONNEG)
+    rcae_iters: int = opt(5, "outer iterations T; each runs ae_epochs / T epochs", COUNT)
+    ae_init: str = opt(None, "None = paper: theano (MNIST); port: default. default: PyTorch's init; dict: "
+                             "the first convolution from a dictionary of image patches (the Theano code's "
+                             "--weight_dict_init); theano: Glorot-uniform (ae.glorot_init), then dict",
+                       one_of("default", "dict", "theano"))
+    bn_affine: bool = opt(None, "BatchNorm learns a scale and shift (a bias, which Deep SVDD's Prop. 2 "
+                                "excludes); None = paper: on (MNIST, as the Theano code); port: off",
+                          Valid("on (--bn-affine) or off (--no-bn-affine)", lambda v: v in (True, False)))
     # stage 2a: Deep SVDD
-    svdd_epochs: int = opt(150, "Deep SVDD epochs")
-    svdd_lr: float = opt(1e-4, "Deep SVDD Adam learning rate")
-    svdd_milestones: list = opt(lambda: [50], "Deep SVDD lr x0.1 after these epochs", factory=True)
-    svdd_weight_decay: float = opt(0.5e-6, "Deep SVDD weight decay (lambda/2 of eq. 3-4)")
-    svdd_warmup: int = opt(10, "soft-svdd: epochs with R = 0 before R is set")
+    svdd_epochs: int = opt(150, "Deep SVDD epochs", COUNT)
+    svdd_lr: float = opt(1e-4, "Deep SVDD Adam learning rate", POSITIVE)
+    svdd_milestones: list = opt(lambda: [50], "Deep SVDD lr x0.1 after these epochs", EPOCHS, factory=True)
+    svdd_weight_decay: float = opt(None, "lambda/2 of eq. 3-4; None = paper: 1e-6 MNIST; port: 0.5e-6", NONNEG)
+    svdd_warmup: int = opt(10, "soft-svdd: epochs with R = 0 before R is set", SEED)
     # stage 2b: OC-NN
-    ocnn_epochs: int = opt(250, "OC-NN epochs")
-    ocnn_lr: float = opt(1e-4, "OC-NN head learning rate")
-    ocnn_lr_drop: int = opt(100, "head lr x0.1 after this epoch")
-    ocnn_hidden: int = opt(32, "OC-NN hidden units (rows of V)")
-    ocnn_activation: str = opt("linear", "linear | sigmoid | relu | tanh")
+    ocnn_epochs: int = opt(250, "OC-NN epochs", COUNT)
+    ocnn_lr: float = opt(1e-4, "OC-NN head learning rate", POSITIVE)
+    ocnn_lr_drop: int = opt(100, "head lr x0.1 after this epoch", COUNT)
+    ocnn_hidden: int = opt(32, "OC-NN hidden units (rows of V)", COUNT)
+    ocnn_activation: str = opt("linear", "g of the hidden layer", one_of(*ocnn.ACTIVATIONS))
     joint: bool = opt(False, "OC-NN: train the encoder too (else z-only: encoder frozen)")
-    encoder_lr: float = opt(1e-5, "OC-NN joint: the encoder's learning rate")
-    encoder_weight_decay: float = opt(1e-5, "OC-NN joint: the encoder's weight decay")
-    # plumbing
-    device: str = opt("auto", "auto | cpu | cuda")
+    encoder_lr: float = opt(1e-5, "OC-NN joint: the encoder's learning rate", POSITIVE)
+    encoder_weight_decay: float = opt(1e-5, "OC-NN joint: the encoder's weight decay", NONNEG)
+    # plumbing: not part of a run's settings (not hashed into sweep folders or cache names)
+    device: str = opt("auto", "auto picks CUDA when present", one_of("auto", "cpu", "cuda"))
     data_root: str = opt("data", "where the data sets are read, and downloaded when missing")
     out: str = opt("runs", "where run folders, sweeps and the autoencoder cache go")
+    jobs: int = opt(1, "a sweep's runs in this many processes, the CPU threads split between them", COUNT)
+    checkpoint_seconds: float = opt(60.0, "save the training state at the first epoch end after this many "
+                                          "seconds (0: every epoch); a run started again resumes from it", NONNEG)
     quiet: bool = opt(False, "no per-epoch lines")
 
 
-CHOICES = {"dataset": ("mnist", "cifar10"), "pretrain": ("ae", "rcae"), "objective": OBJECTIVES,
-           "device": ("auto", "cpu", "cuda"), "ae_init": ("default", "dict", "theano"),
-           "ocnn_activation": tuple(ocnn.ACTIVATIONS)}
-TYPES = {"nu": float, "rep_dim": int, "ae_epochs": int, "ae_weight_decay": float,
-         "seeds": int, "ae_milestones": int, "svdd_milestones": int, "normal_class": str}
+PLUMBING = ("device", "data_root", "out", "jobs", "checkpoint_seconds", "quiet")
+TYPES = {"nu": float, "rep_dim": int, "ae_epochs": int, "ae_weight_decay": float, "svdd_weight_decay": float,
+         "ae_init": str, "seeds": int, "ae_milestones": int, "svdd_milestones": int, "normal_class": str}
 
 
 class UserError(Exception):
     """A problem the user can fix: printed as one sentence, exit status 2."""
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """argparse's own errors (unknown flag, a value that is not a number) in one line, exit status 2."""
+        self.exit(2, f"error: {message} (python run.py --help lists the flags)\n")
+
+
 def make_parser():
     """argparse flags generated from Config's fields: ae_lr -> --ae-lr, bool -> a switch, list -> nargs."""
-    parser = argparse.ArgumentParser(description="Deep one-class anomaly detection: Deep SVDD and OC-NN.")
+    parser = Parser(description="Deep one-class anomaly detection: Deep SVDD and OC-NN.")
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
-        if f.type is bool:
-            parser.add_argument(flag, action="store_true", help=f.metadata["help"])
+        valid = f.metadata["valid"]
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        text = f"{f.metadata['help']} (default: {default}" + (f"; valid: {valid.what})" if valid else ")")
+        if f.name == "bn_affine":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif f.type is bool:
+            parser.add_argument(flag, action="store_true", default=None, help=text)
         elif f.type is list:
-            parser.add_argument(flag, type=TYPES[f.name], nargs="*", default=None, help=f.metadata["help"])
+            parser.add_argument(flag, type=TYPES[f.name], nargs="*", default=None, help=text)
         else:
-            parser.add_argument(flag, type=TYPES.get(f.name, f.type), choices=CHOICES.get(f.name),
-                                default=None, help=f"{f.metadata['help']} (default: {f.default})")
+            parser.add_argument(flag, type=TYPES.get(f.name, f.type), default=None, help=text)
     return parser
 
 
 def resolve(cfg):
-    """Fill the dataset's reference values into fields left at None and check every value."""
-    d = DATASET_DEFAULTS[cfg.dataset]
-    for key in ("rep_dim", "ae_epochs", "ae_milestones", "ae_weight_decay"):
-        if getattr(cfg, key) is None:
-            setattr(cfg, key, d[key])
-    if cfg.nu is None:
-        cfg.nu = d["ocnn_nu"] if cfg.objective == "ocnn" else 0.1
-    if not 0 < cfg.nu <= 1:
-        raise UserError(f"--nu must lie in (0, 1], got {cfg.nu}.")
-    if not 0 <= cfg.pollution_rate < 1:
-        raise UserError(f"--pollution-rate must lie in [0, 1), got {cfg.pollution_rate}.")
-    parts = cfg.normal_class.split(",")
-    if cfg.normal_class != "all" and not all(p.isdigit() and 0 <= int(p) <= 9 for p in parts):
-        raise UserError(f"--normal-class must be 0..9, 'all' or a list such as 0,2,5, got {cfg.normal_class!r}.")
-    for key in ("batch_size", "ae_epochs", "svdd_epochs", "ocnn_epochs", "rcae_iters", "rep_dim"):
-        if getattr(cfg, key) < 1:
-            raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(cfg, key)}.")
-    if cfg.rep_dim % 16:
-        raise UserError(f"--rep-dim must be a multiple of 16 (the decoder views z as rep_dim/16 x 4 x 4).")
+    """Fill the fields left at None from PRESETS, then check every field against its valid values."""
+    if (cfg.dataset, cfg.settings) in PRESETS:
+        preset = PRESETS[cfg.dataset, cfg.settings]
+        for key in ("rep_dim", "ae_epochs", "ae_milestones", "ae_weight_decay", "svdd_weight_decay", "ae_init",
+                    "bn_affine"):
+            if getattr(cfg, key) is None:
+                setattr(cfg, key, preset[key])
+        if cfg.nu is None:
+            cfg.nu = preset["ocnn_nu"] if cfg.objective == "ocnn" else 0.1
+    for f in dataclasses.fields(cfg):                                 # the one check of every value
+        value, valid = getattr(cfg, f.name), f.metadata["valid"]
+        if valid is not None and not (value is None and f.name == "seeds") and not valid.test(value):
+            shown = " ".join(map(str, value)) if isinstance(value, list) else value
+            raise UserError(f"--{f.name.replace('_', '-')} must be {valid.what}, got {shown!r}.")
     if cfg.pretrain == "rcae" and cfg.ae_epochs % cfg.rcae_iters:
         raise UserError(f"--ae-epochs ({cfg.ae_epochs}) must be a multiple of --rcae-iters ({cfg.rcae_iters}).")
-    if cfg.rcae_lambda < 0:
-        raise UserError(f"--rcae-lambda must be >= 0, got {cfg.rcae_lambda}.")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for, but torch finds no CUDA device; use --device cpu.")
     return cfg
@@ -166,15 +233,9 @@ def banner(text):
     print(f"\n=== {text} ===", flush=True)
 
 
-# Fields added after sweeps had been run: hashed only when they differ from these values, so the folders
-# and cached autoencoders made before they existed keep their names.
-HASHED_WHEN_SET = {"ae_init": "default", "bn_affine": False}
-
-
 def settings_key(cfg, fields):
     """A short hash of the named config fields: equal settings -> equal key."""
-    blob = json.dumps({k: getattr(cfg, k) for k in fields
-                       if k not in HASHED_WHEN_SET or getattr(cfg, k) != HASHED_WHEN_SET[k]}, sort_keys=True)
+    blob = json.dumps({k: getattr(cfg, k) for k in fields}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -206,8 +267,9 @@ def pretrain(cfg, d, device):
             conv1 = model.encoder.conv1
             conv1.weight.copy_(ae.dictionary_filters(d.x_train, conv1.out_channels, conv1.kernel_size[0],
                                                      seed=cfg.seed))
+    checkpoint = training.Checkpoint(path[:-len(".pt")] + "-partial.pt", cfg.checkpoint_seconds)
     kw = dict(lr=cfg.ae_lr, weight_decay=cfg.ae_weight_decay, milestones=cfg.ae_milestones,
-              batch_size=cfg.batch_size, seed=cfg.seed, verbose=not cfg.quiet)
+              batch_size=cfg.batch_size, seed=cfg.seed, verbose=not cfg.quiet, checkpoint=checkpoint)
     extra = {}
     if cfg.pretrain == "ae":
         history = ae.train_autoencoder(model, d.x_train, epochs=cfg.ae_epochs, **kw)
@@ -222,13 +284,14 @@ def pretrain(cfg, d, device):
     torch.save({"ae": to_cpu(model.state_dict()), "history": history,
                 "extra": extra}, path + ".tmp")
     os.replace(path + ".tmp", path)                                   # whole files only
+    checkpoint.remove()
     return model, history, extra
 
 
-def one_class(cfg, d, model):
+def one_class(cfg, d, model, checkpoint):
     """Stage 2: the objective on the pretrained encoder. Returns (test scores, history, state to save)."""
     seed_all(cfg.seed)                                                # same start with or without the cache
-    kw = dict(batch_size=cfg.batch_size, seed=cfg.seed, verbose=not cfg.quiet)
+    kw = dict(batch_size=cfg.batch_size, seed=cfg.seed, verbose=not cfg.quiet, checkpoint=checkpoint)
     if cfg.objective == "ae":
         banner("stage 2: none (DCAE baseline: the score is the reconstruction error)")
         return ae.reconstruction_scores(model, d.x_test), [], {}
@@ -276,7 +339,8 @@ def run_one(cfg, run_dir, device):
     os.makedirs(os.path.join(run_dir, "plots"), exist_ok=True)
     write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(cfg))
     model, pre_history, extra = pretrain(cfg, d, device)
-    scores, history, state = one_class(cfg, d, model)
+    checkpoint = training.Checkpoint(os.path.join(run_dir, "checkpoint.pt"), cfg.checkpoint_seconds)
+    scores, history, state = one_class(cfg, d, model, checkpoint)
 
     labels, scores = d.y_test.cpu().numpy(), scores.cpu().numpy()
     stages = {f"pretrain ({cfg.pretrain})": pre_history, cfg.objective: history}
@@ -304,6 +368,7 @@ def run_one(cfg, run_dir, device):
     metrics.update(extra, normal_class=d.normal_class, seed=cfg.seed, n_train=len(d.x_train),
                    scale=list(d.scale), device=str(device), seconds=round(time.perf_counter() - start, 2))
     write_json(os.path.join(run_dir, "metrics.json"), metrics)        # last: marks the run finished
+    checkpoint.remove()
     print(f"\nAUROC {100 * metrics['auroc']:.2f}  AP {100 * metrics['average_precision']:.2f}  "
           f"({name}, seed {cfg.seed}, {metrics['seconds']:.0f}s) -> {run_dir}")
     return metrics
@@ -328,7 +393,7 @@ def classes_of(cfg):
 def sweep_folder(cfg):
     """<out>/sweep-<dataset>-<method>-<hash>: the hash covers every setting except the class and the seed,
     so the same command with more classes or seeds fills the same folder."""
-    skip = {"normal_class", "seed", "seeds", "device", "out", "quiet", "data_root"}
+    skip = {"normal_class", "seed", "seeds", "settings", *PLUMBING}          # settings: its values are hashed
     key = settings_key(cfg, [f.name for f in dataclasses.fields(cfg) if f.name not in skip])
     return os.path.join(cfg.out, f"sweep-{cfg.dataset}-{method_name(cfg).replace('+', '-')}-{key}")
 
@@ -339,23 +404,67 @@ def run_folder(cfg, k, s):
 
 
 def sweep(cfg, device):
-    """Every (class, seed) pair into fixed folder names; finished runs are skipped; then the summary."""
-    seeds = cfg.seeds or [cfg.seed]
+    """Every (class, seed) pair into fixed folder names, then the summary.
+
+    Finished runs (metrics.json) are skipped; an unfinished one resumes from its checkpoints. With --jobs N
+    the pending runs go to N processes with the CPU threads split between them; each run has its own
+    folder (and its own cached autoencoder), and its console output goes to <run folder>/console.log.
+    """
     folder = sweep_folder(cfg)
-    rows = []
-    for k in classes_of(cfg):
-        for s in seeds:
-            run_dir = run_folder(cfg, k, s)
-            done = os.path.join(run_dir, "metrics.json")
-            if os.path.exists(done):
-                print(f"skipping {run_dir}: finished before")
-                with open(done) as f:
-                    rows.append(json.load(f))
-                continue
+    pairs = [(k, s) for k in classes_of(cfg) for s in (cfg.seeds or [cfg.seed])]
+    rows, pending = {}, []
+    for k, s in pairs:
+        done = os.path.join(run_folder(cfg, k, s), "metrics.json")
+        if os.path.exists(done):
+            print(f"skipping {run_folder(cfg, k, s)}: finished before")
+            with open(done) as f:
+                rows[k, s] = json.load(f)
+        else:
+            pending.append((k, s))
+    if cfg.jobs == 1:
+        for k, s in pending:
             banner(f"sweep run: class {k}, seed {s}")
-            rows.append(run_one(dataclasses.replace(cfg, normal_class=str(k), seed=s), run_dir, device))
+            rows[k, s] = run_one(dataclasses.replace(cfg, normal_class=str(k), seed=s), run_folder(cfg, k, s),
+                                 device)
+    elif pending:
+        threads = max(1, torch.get_num_threads() // cfg.jobs)
+        print(f"{len(pending)} runs in {cfg.jobs} processes of {threads} thread(s) each", flush=True)
+        context = multiprocessing.get_context("spawn")                   # a fresh interpreter per process
+        with concurrent.futures.ProcessPoolExecutor(cfg.jobs, context, initializer=torch.set_num_threads,
+                                                    initargs=(threads,)) as pool:
+            futures = {pool.submit(run_logged, dataclasses.replace(cfg, normal_class=str(k), seed=s),
+                                   run_folder(cfg, k, s), str(device)): (k, s) for k, s in pending}
+            for future in concurrent.futures.as_completed(futures):
+                k, s = futures[future]
+                if future.exception() is not None:                        # a failed run stops the sweep
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise future.exception()
+                rows[k, s] = future.result()
+                print(f"class {k}, seed {s}: AUROC {100 * rows[k, s]['auroc']:.2f} "
+                      f"({rows[k, s]['seconds']:.0f}s)", flush=True)
+    rows = [rows[p] for p in pairs]                                       # the order of one job
     write_summary(folder, rows, cfg)
     return rows
+
+
+def run_logged(cfg, run_dir, device):
+    """run_one in a worker process of a sweep, its console output into <run_dir>/console.log."""
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "console.log"), "a") as log, contextlib.redirect_stdout(log):
+        return run_one(cfg, run_dir, torch.device(device))
+
+
+def unfinished_run(cfg):
+    """The newest single-run folder of these very settings that has no metrics.json yet, or None."""
+    same = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in PLUMBING}
+    for run_dir in sorted(glob.glob(os.path.join(cfg.out, f"*-{cfg.dataset}-{cfg.normal_class}-{cfg.pretrain}-"
+                                                          f"{cfg.objective}")), reverse=True):
+        config, done = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "metrics.json")
+        if os.path.exists(config) and not os.path.exists(done):
+            with open(config) as f:
+                if {k: v for k, v in json.load(f).items() if k not in PLUMBING} == same:
+                    return run_dir
+    return None
 
 
 def method_name(cfg):
@@ -404,7 +513,7 @@ def write_summary(folder, rows, cfg):
 def parse_config(argv=None):
     """Flags -> a resolved Config (raises UserError on a bad value)."""
     args = make_parser().parse_args(argv)
-    return resolve(Config(**{k: v for k, v in vars(args).items() if v is not None and v is not False}))
+    return resolve(Config(**{k: v for k, v in vars(args).items() if v is not None}))
 
 
 def main(argv=None):
@@ -415,10 +524,15 @@ def main(argv=None):
         device = pick_device(cfg.device)
         if len(classes_of(cfg)) > 1 or cfg.seeds:
             return sweep(cfg, device)
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = os.path.join(cfg.out, f"{stamp}-{cfg.dataset}-{cfg.normal_class}-{cfg.pretrain}-{cfg.objective}")
+        run_dir = unfinished_run(cfg)                                     # an interrupted run continues
+        if run_dir is None:
+            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+            run_dir = os.path.join(cfg.out, f"{stamp}-{cfg.dataset}-{cfg.normal_class}-{cfg.pretrain}-"
+                                            f"{cfg.objective}")
+        else:
+            print(f"continuing the unfinished run {run_dir}")
         return run_one(cfg, run_dir, device)
-    except (UserError, data.DataError, ae.NonFiniteLoss) as e:
+    except (UserError, data.DataError, training.NonFiniteLoss) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2 if isinstance(e, UserError) else 1)
 

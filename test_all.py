@@ -4,6 +4,7 @@ Sections: data.py, evaluate.py, the models (ae.py, rcae.py, svdd.py, ocnn.py), r
 tests use the MNIST shipped in data/ and, where `../shared/data` exists, the CIFAR-10 JPEG copy.
 """
 import contextlib
+import csv
 import dataclasses
 import functools
 import gzip
@@ -29,10 +30,12 @@ import torch.nn as nn
 import ae
 import data
 import evaluate
+import fast_ops
 import ocnn
 import rcae
 import run
 import svdd
+import training
 
 torch.set_num_threads(1)
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -328,9 +331,9 @@ def test_data_gcn_l1_worked_example():
     assert torch.equal(z[1], torch.zeros(2, 2))
 
 
-def test_data_batches_cover_each_index_once():
+def test_training_batches_cover_each_index_once():
     # property: the batches are int64 chunks of batch_size (last shorter) covering 0..n-1 exactly once
-    chunks = list(data.batches(10, 4, torch.Generator().manual_seed(0)))
+    chunks = list(training.batches(10, 4, torch.Generator().manual_seed(0)))
     assert [len(c) for c in chunks] == [4, 4, 2] and all(c.dtype == torch.int64 for c in chunks)
     assert sorted(torch.cat(chunks).tolist()) == list(range(10))
 
@@ -712,7 +715,7 @@ def test_ae_fused_upsample_equals_plain_layers(dataset, shape, monkeypatch):
     model, x = ae.build_autoencoder(dataset), _images(4, shape=shape)
     results = []
     for fused in (True, False):
-        monkeypatch.setattr(ae, "FUSED_UPSAMPLE", fused)
+        monkeypatch.setattr(fast_ops, "UPSAMPLE", fused)
         model.zero_grad()
         y = model(x)
         y.pow(2).sum().backward()
@@ -724,24 +727,25 @@ def test_ae_fused_upsample_equals_plain_layers(dataset, shape, monkeypatch):
 
 @pytest.mark.parametrize("shape", [(3, 8, 28, 28), (3, 4, 7, 7)])
 def test_ae_max_pool2_equals_max_pool2d(shape):
-    # property: ae.max_pool2 gives exactly F.max_pool2d(x, 2), with and without autograd, ties and odd sizes too
+    # property: fast_ops.max_pool2 gives exactly F.max_pool2d(x, 2), with and without autograd, ties and odd
+    # sizes too
     x = torch.randn(shape)
     x[:, :, :4, :4] = 0.5                                              # exact ties, as on MNIST's background
     with torch.no_grad():
-        assert torch.equal(ae.max_pool2(x), torch.nn.functional.max_pool2d(x, 2))
+        assert torch.equal(fast_ops.max_pool2(x), torch.nn.functional.max_pool2d(x, 2))
     xr = x.clone().requires_grad_()
-    assert torch.equal(ae.max_pool2(xr), torch.nn.functional.max_pool2d(x, 2))
+    assert torch.equal(fast_ops.max_pool2(xr), torch.nn.functional.max_pool2d(x, 2))
 
 
 @pytest.mark.parametrize("shape", [(3, 8, 28, 28), (3, 4, 14, 14), (3, 4, 7, 7)])
 def test_ae_max_pool2_gradient_goes_where_max_pool2d_sends_it(shape):
-    # property: with autograd, ae.max_pool2's gradient equals F.max_pool2d's exactly: each window's gradient
+    # property: with autograd, fast_ops.max_pool2's gradient equals F.max_pool2d's exactly: each window's gradient
     # on its first maximum in row-major order, also where two, three or four corners tie
     x = torch.randint(0, 3, shape).float()                             # small integers: many ties
     x[0] = torch.randn(shape[1:])                                      # and one image without ties
     g = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2)
     grads = []
-    for pool in (ae.max_pool2, lambda t: torch.nn.functional.max_pool2d(t, 2)):
+    for pool in (fast_ops.max_pool2, lambda t: torch.nn.functional.max_pool2d(t, 2)):
         xr = x.clone().requires_grad_()
         pool(xr).backward(g)
         grads.append(xr.grad)
@@ -1010,8 +1014,10 @@ def _tiny_mnist_root(root, n_train=300, n_test=200):
     return root
 
 
-FAST = ["--ae-epochs", "2", "--svdd-epochs", "2", "--ocnn-epochs", "2", "--batch-size", "16",
-        "--svdd-warmup", "1", "--quiet"]
+# Short runs at the PyTorch port's settings: the default MNIST start learns a patch dictionary first
+# (seconds per run), which the tests of the run mechanics do not need.
+SHORT = ["--settings", "port", "--ae-epochs", "2", "--quiet"]
+FAST = SHORT + ["--svdd-epochs", "2", "--ocnn-epochs", "2", "--batch-size", "16", "--svdd-warmup", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -1047,7 +1053,7 @@ def test_run_same_seed_same_scores(tiny_root, tmp_path):
 def test_run_sweep_resumes_and_summarises(tiny_root, tmp_path, capsys):
     # property: a sweep writes a summary, and started again it skips the finished runs
     args = ["--data-root", tiny_root, "--out", str(tmp_path), "--objective", "ae",
-            "--normal-class", "all", "--seeds", "0"] + FAST[:2] + FAST[-1:] + ["--batch-size", "64"]
+            "--normal-class", "all", "--seeds", "0"] + SHORT + ["--batch-size", "64"]
     first = run.main(args)
     (folder,) = tmp_path.glob("sweep-*")
     assert len(first) == 10 and (folder / "summary.csv").exists() and (folder / "summary.md").exists()
@@ -1060,7 +1066,7 @@ def test_run_sweep_resumes_and_summarises(tiny_root, tmp_path, capsys):
 def test_run_class_list_sweeps_exactly_those_classes(tiny_root, tmp_path):
     # property: --normal-class 3,5 runs classes 3 and 5 and nothing else, into the same sweep folder as 'all'
     args = ["--data-root", tiny_root, "--out", str(tmp_path), "--objective", "ae", "--normal-class", "3,5",
-            "--seeds", "0"] + FAST[:2] + FAST[-1:] + ["--batch-size", "64"]
+            "--seeds", "0"] + SHORT + ["--batch-size", "64"]
     rows = run.main(args)
     assert [m["normal_class"] for m in rows] == [3, 5]
     assert sorted(p.name for p in tmp_path.glob("sweep-*/class*")) == ["class3-seed0-ae-ae", "class5-seed0-ae-ae"]
@@ -1068,15 +1074,13 @@ def test_run_class_list_sweeps_exactly_those_classes(tiny_root, tmp_path):
         [a if a != "3,5" else "all" for a in args]))
 
 
-def test_run_ae_init_dict_sets_conv1_and_keeps_default_hashes(tiny_root, tmp_path, monkeypatch):
-    # property: --ae-init dict puts the dictionary atoms into conv1 before training, in a sweep folder and
-    # cache entry of its own; the default adds nothing to the hash (folders made before the flag keep names)
+def test_run_ae_init_dict_sets_conv1_in_its_own_folder(tiny_root, tmp_path, monkeypatch):
+    # property: --ae-init dict puts the dictionary atoms into conv1 before training; each init and BatchNorm
+    # choice gets a sweep folder of its own
     base = ["--data-root", tiny_root, "--out", str(tmp_path), "--normal-class", "3", "--seeds", "0"]
-    cfg = run.parse_config(base)
-    fields = [f.name for f in dataclasses.fields(cfg) if f.name not in ("ae_init", "bn_affine")]
-    assert run.settings_key(cfg, fields + ["ae_init", "bn_affine"]) == run.settings_key(cfg, fields)
-    for flags in (["--ae-init", "dict"], ["--ae-init", "theano"], ["--bn-affine"]):
-        assert run.sweep_folder(run.parse_config(base + flags)) != run.sweep_folder(cfg)
+    folders = {run.sweep_folder(run.parse_config(base + ["--settings", "port"] + flags))
+               for flags in ([], ["--ae-init", "dict"], ["--ae-init", "theano"], ["--bn-affine"])}
+    assert len(folders) == 4
     seen = []
     monkeypatch.setattr(ae, "dictionary_filters", lambda x, n, k, seed: seen.append(seed) or torch.ones(n, 1, k, k))
     monkeypatch.setattr(ae, "train_autoencoder", lambda model, *a, **kw: [])
@@ -1086,19 +1090,122 @@ def test_run_ae_init_dict_sets_conv1_and_keeps_default_hashes(tiny_root, tmp_pat
     assert seen == [4] and torch.equal(model.encoder.conv1.weight, torch.ones(8, 1, 5, 5))
 
 
+def test_run_settings_presets_fill_only_unset_fields():
+    # property: MNIST's default preset is the Theano code's settings, --settings port the PyTorch port's,
+    # an explicit flag wins over either, and CIFAR-10 gets the port's under both names
+    keys = ("ae_init", "bn_affine", "ae_milestones", "ae_weight_decay", "svdd_weight_decay")
+    get = lambda argv: tuple(getattr(run.parse_config(argv), k) for k in keys)
+    assert get([]) == ("theano", True, [], 1e-3, 1e-6)
+    assert get(["--settings", "port"]) == ("default", False, [50], 0.5e-3, 0.5e-6)
+    assert get(["--no-bn-affine", "--ae-milestones", "50"]) == ("theano", False, [50], 1e-3, 1e-6)
+    assert get(["--dataset", "cifar10"]) == get(["--dataset", "cifar10", "--settings", "port"]) == \
+        ("default", False, [250], 0.5e-6, 0.5e-6)
+
+
 @pytest.mark.parametrize("argv,message", [
-    (["--objective", "kmeans"], "invalid choice"),
-    (["--nu", "0"], "--nu must lie in (0, 1]"),
-    (["--nu", "1.5"], "--nu must lie in (0, 1]"),
+    (["--objective", "kmeans"], "--objective must be svdd | soft-svdd | ocnn | ae"),
+    (["--nu", "0"], "--nu must be a number in (0, 1]"),
+    (["--nu", "1.5"], "--nu must be a number in (0, 1]"),
     (["--normal-class", "10"], "--normal-class must be 0..9"),
     (["--normal-class", "0,12"], "--normal-class must be 0..9"),
-    (["--pollution-rate", "1"], "--pollution-rate must lie in [0, 1)"),
+    (["--pollution-rate", "1"], "--pollution-rate must be a number in [0, 1)"),
 ])
 def test_run_bad_flag_exits_nonzero_with_message(argv, message, capsys):
     # property: a bad flag value ends in a one-sentence message and a non-zero exit, before any work
     with pytest.raises(SystemExit) as e:
         run.main(argv)
     assert e.value.code != 0 and message in capsys.readouterr().err
+
+
+NUMERIC = [f for f in dataclasses.fields(run.Config) if f.type in (int, float)]
+ZERO_OK = {"pollution_rate", "seed", "ae_weight_decay", "svdd_weight_decay", "encoder_weight_decay", "rcae_lambda",
+           "svdd_warmup", "checkpoint_seconds"}                      # the numeric fields where 0 means something
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf"])
+@pytest.mark.parametrize("name", [f.name for f in NUMERIC])
+def test_run_every_numeric_flag_refuses_bad_values(name, value, capsys):
+    # property: no numeric flag takes a negative, NaN or infinite value, and 0 only where it means something;
+    # a refusal is one line naming the flag and exit status 2, before any work
+    flag = "--" + name.replace("_", "-")
+    if value == "0" and name in ZERO_OK:
+        assert getattr(run.parse_config([flag, value]), name) == 0
+        return
+    with pytest.raises(SystemExit) as e:
+        run.main([flag, value, "--out", "/nonexistent/never-written"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and flag in err, err
+
+
+@pytest.mark.parametrize("argv", [["--seeds"], ["--svdd-milestones", "-5"], ["--ae-milestones", "0"],
+                                  ["--seeds", "1", "-2"], ["--normal-class", "1,x"], ["--rep-dim", "24"]])
+def test_run_bad_list_and_format_values_refused(argv, capsys):
+    # property: list flags check every element; a bare --seeds is no sweep but an error
+    with pytest.raises(SystemExit) as e:
+        run.main(argv)
+    assert e.value.code == 2 and argv[0] in capsys.readouterr().err
+
+
+def test_run_bare_milestones_mean_a_constant_lr():
+    # property: --ae-milestones with no value is valid: no lr drop (the Theano code's constant AE lr)
+    assert run.parse_config(["--settings", "port", "--ae-milestones"]).ae_milestones == []
+
+
+KILLER = """
+import os, signal, sys
+sys.path.insert(0, {here!r})
+import run, training
+limit, seen, batches = int(sys.argv[1]), [0], training.batches
+
+def counted(*args):                                 # SIGKILL at the limit-th mini-batch: no cleanup at all
+    for idx in batches(*args):
+        seen[0] += 1
+        if seen[0] == limit:
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield idx
+
+training.batches = counted
+run.main(sys.argv[2:])
+"""
+
+
+def test_run_killed_twice_resumes_to_the_same_weights_and_auroc(tiny_root, tmp_path):
+    # property: a run killed in pretraining and again in Deep SVDD, started again with the same command each
+    # time, ends with the weights, scores and AUROC of an uninterrupted run, and leaves no checkpoint behind
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILLER.format(here=HERE))
+    args = ["--data-root", tiny_root, "--settings", "port", "--normal-class", "3", "--ae-epochs", "6",
+            "--svdd-epochs", "6", "--batch-size", "16", "--checkpoint-seconds", "0", "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    call = lambda limit, out: subprocess.run([sys.executable, str(killer), str(limit)] + args + ["--out", str(out)],
+                                             env=env, capture_output=True, text=True)
+    call(0, tmp_path / "whole")                                     # 30 images: 2 batches per epoch
+    assert call(7, tmp_path / "cut").returncode == -9               # in AE epoch 4
+    assert list((tmp_path / "cut" / "ae-cache").glob("*-partial.pt"))
+    assert call(11, tmp_path / "cut").returncode == -9              # AE epochs 4-6, then in Deep SVDD epoch 3
+    (run_dir,) = (tmp_path / "cut").glob("*-mnist-3-ae-svdd")
+    assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "metrics.json").exists()
+    assert "continuing the unfinished run" in call(0, tmp_path / "cut").stdout
+    (whole,) = (tmp_path / "whole").glob("*-mnist-3-ae-svdd")
+    assert (run_dir / "scores.csv").read_text() == (whole / "scores.csv").read_text()
+    a, b = (torch.load(d / "model.pt", weights_only=True) for d in (run_dir, whole))
+    assert all(torch.equal(a["phi"][k], b["phi"][k]) for k in b["phi"]) and torch.equal(a["c"], b["c"])
+    auroc = lambda d: json.loads((d / "metrics.json").read_text())["auroc"]
+    assert auroc(run_dir) == auroc(whole)
+    assert not list((tmp_path / "cut").rglob("*checkpoint.pt")) + list((tmp_path / "cut").rglob("*-partial.pt"))
+
+
+def test_run_jobs_give_the_summary_of_one_job(tiny_root, tmp_path):
+    # property: --jobs 2 runs a sweep's (class, seed) pairs in two processes, each in its own folder, and
+    # writes the summary one job writes (the seconds aside)
+    args = ["--data-root", tiny_root, "--objective", "svdd", "--settings", "port", "--normal-class", "1,2",
+            "--seeds", "0", "1"] + SHORT + ["--svdd-epochs", "2", "--batch-size", "64"]
+    one = run.main(args + ["--out", str(tmp_path / "one")])
+    two = run.main(args + ["--out", str(tmp_path / "two"), "--jobs", "2"])
+    assert [m["auroc"] for m in two] == [m["auroc"] for m in one]
+    drop_seconds = lambda p: [r[:-1] for r in csv.reader(open(next(p.glob("sweep-*/summary.csv"))))]
+    assert drop_seconds(tmp_path / "two") == drop_seconds(tmp_path / "one")
+    assert len(list((tmp_path / "two").glob("sweep-*/class*/console.log"))) == 4
 
 
 def test_run_missing_data_without_network_says_where(tmp_path, monkeypatch, capsys):

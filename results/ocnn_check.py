@@ -91,7 +91,8 @@ def main(folders):
     for k in (0, 1, 2, 5):
         for s in (0, 1, 2):
             for flags in REGIMES:
-                cfg = run.parse_config(["--out", "runs/repro", "--normal-class", str(k), "--seed", str(s)] + flags)
+                cfg = run.parse_config(["--settings", "port", "--out", "runs/repro", "--normal-class", str(k),
+                                        "--seed", str(s)] + flags)
                 res = check(run.run_folder(cfg, k, s), cfg)
                 if res:
                     row(cfg, res)

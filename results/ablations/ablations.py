@@ -12,7 +12,8 @@ Questions (QUESTIONS below; every variant is one `run.py` sweep over classes 0, 
               points beyond R (outside the sphere) / below r (under the hyperplane), training and test-normal
 
 The runs go to runs/repro, the folder of the reproduction tables, so every question reuses the full-schedule
-autoencoders of runs/repro/ae-cache (150 epochs); only the second stages and the `pollution` pretraining
+autoencoders of runs/repro/ae-cache (150 epochs), at the PyTorch port's settings (--settings port) with which
+the ablations were measured; only the second stages and the `pollution` pretraining
 use the reduced budgets written in the flags below (2 CPU cores). `--dataset cifar10` runs the same
 questions on CIFAR-10 class 0 (airplane, the JPEG copy), one seed, at the budget in BASES["cifar10"].
 """
@@ -29,12 +30,13 @@ import run  # noqa: E402  (the repository's run.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BASES = {
-    "mnist": dict(classes=[0, 2, 5], seeds=[0, 1, 2], flags=["--out", "runs/repro"]),
+    "mnist": dict(classes=[0, 2, 5], seeds=[0, 1, 2], flags=["--settings", "port", "--out", "runs/repro"]),
     # CIFAR-10: the pretraining budget goes *after* each variant's flags, so it also caps the MNIST pollution
     # budget above (20 AE epochs): every variant pretrains 10 epochs (RCAE: 5 x 2), as the CIFAR-10 budget
     # table (same folder, same autoencoders). Deep SVDD runs 10 epochs, except where a variant sets its own
     # (nu: 30, so that soft-boundary training outlasts its 10 warm-up epochs with R = 0).
-    "cifar10": dict(classes=[0], seeds=[0], flags=["--dataset", "cifar10", "--out", "runs/repro-cifar10-budget",
+    "cifar10": dict(classes=[0], seeds=[0], flags=["--dataset", "cifar10", "--settings", "port",
+                                                   "--out", "runs/repro-cifar10-budget",
                                                    "--svdd-epochs", "10"],
                     after=["--ae-epochs", "10", "--ae-milestones", "8", "--rcae-iters", "5"]),
 }
