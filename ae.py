@@ -19,6 +19,7 @@ Symbols
 The networks, exactly as the reference code (Deep-SVDD-PyTorch, networks/mnist_LeNet.py, cifar10_LeNet.py):
   * no bias anywhere: Deep SVDD Prop. 2 (a bias lets phi map every input to c, "hypersphere collapse");
   * BatchNorm with eps=1e-4 and affine=False (an affine BN would add a bias), running statistics kept;
+    `bn_affine=True` gives the paper's Theano code's learned scale and shift (run.py's MNIST default);
   * leaky ReLU with slope 0.01 (the paper's text says 0.1; both reference code bases use 0.01);
   * 2x2 max pooling in the encoder, nearest-neighbour x2 upsampling in the decoder.
 

@@ -427,10 +427,11 @@ def sweep(cfg, device):
             rows[k, s] = run_one(dataclasses.replace(cfg, normal_class=str(k), seed=s), run_folder(cfg, k, s),
                                  device)
     elif pending:
-        threads = max(1, torch.get_num_threads() // cfg.jobs)
-        print(f"{len(pending)} runs in {cfg.jobs} processes of {threads} thread(s) each", flush=True)
+        jobs = min(cfg.jobs, len(pending))
+        threads = max(1, torch.get_num_threads() // jobs)
+        print(f"{len(pending)} runs in {jobs} processes of {threads} thread(s) each", flush=True)
         context = multiprocessing.get_context("spawn")                   # a fresh interpreter per process
-        with concurrent.futures.ProcessPoolExecutor(cfg.jobs, context, initializer=torch.set_num_threads,
+        with concurrent.futures.ProcessPoolExecutor(jobs, context, initializer=torch.set_num_threads,
                                                     initargs=(threads,)) as pool:
             futures = {pool.submit(run_logged, dataclasses.replace(cfg, normal_class=str(k), seed=s),
                                    run_folder(cfg, k, s), str(device)): (k, s) for k, s in pending}
