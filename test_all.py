@@ -725,6 +725,19 @@ def test_ae_fused_upsample_equals_plain_layers(dataset, shape, monkeypatch):
     assert all((a - b).abs().max() <= 1e-4 * b.abs().max() for a, b in zip(g1, g0))   # float rounding only
 
 
+def test_fast_ops_plain_switch_gives_the_same_network_and_restores_itself():
+    # property: inside fast_ops.plain_ops() the networks run on F.max_pool2d and deconv(up2(x)), with the
+    # same outputs (float rounding aside), and the fast ops are back afterwards
+    torch.manual_seed(0)
+    model, x = ae.build_autoencoder("mnist").eval(), _images(4)
+    with torch.no_grad():
+        fast = model(x)
+        with fast_ops.plain_ops():
+            assert not fast_ops.POOL and not fast_ops.UPSAMPLE
+            plain = model(x)
+    assert fast_ops.POOL and fast_ops.UPSAMPLE and torch.allclose(fast, plain, atol=1e-5)
+
+
 @pytest.mark.parametrize("shape", [(3, 8, 28, 28), (3, 4, 7, 7)])
 def test_ae_max_pool2_equals_max_pool2d(shape):
     # property: fast_ops.max_pool2 gives exactly F.max_pool2d(x, 2), with and without autograd, ties and odd
