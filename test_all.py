@@ -886,6 +886,44 @@ def test_rcae_history_records_each_outer_iteration():
 
 # ------------------------------------------------------------------ svdd.py
 
+class _Stopped(Exception):
+    """Raised by a test in place of a kill, after an epoch's checkpoint was saved."""
+
+
+@pytest.mark.parametrize("stage", ["rcae", "soft-svdd", "ocnn-joint"])
+def test_training_loops_resume_from_a_checkpoint_to_the_uninterrupted_result(stage, tmp_path, monkeypatch):
+    # property: stopped after epoch 2 of 4 and started again on its checkpoint, each loop ends with the
+    # weights and its own quantities (RCAE's N, R, OC-NN's r) of a run that was never stopped
+    x = _images(64)
+
+    def train(checkpoint):
+        torch.manual_seed(0)
+        model = ae.build_autoencoder("mnist")
+        kw = dict(batch_size=16, seed=0, checkpoint=checkpoint)
+        if stage == "rcae":
+            _, N, _ = rcae.train_rcae(model, x, lam=0.1, outer_iters=2, epochs_per_iter=2, **kw)
+            return list(model.state_dict().values()) + [N]
+        phi = ae.encoder_copy(model)
+        if stage == "soft-svdd":
+            c, R, _ = svdd.train_svdd(phi, x, objective="soft-boundary", epochs=4, warmup=1, **kw)
+            return list(phi.state_dict().values()) + [c, torch.tensor(R)]
+        head, r, _ = ocnn.train_ocnn(phi, x, joint=True, epochs=4, lr_drop_epoch=2, **kw)
+        return list(phi.state_dict().values()) + list(head.state_dict().values()) + [torch.tensor(r)]
+
+    def stop_after_epoch_2(name, record, epochs):
+        if record["epoch"] == 2:
+            raise _Stopped
+
+    whole = train(None)
+    checkpoint = lambda: training.Checkpoint(str(tmp_path / "state.pt"), seconds=0)
+    monkeypatch.setattr(training, "print_epoch", stop_after_epoch_2)
+    with pytest.raises(_Stopped):
+        train(checkpoint())
+    monkeypatch.setattr(training, "print_epoch", lambda *a: None)
+    resumed = train(checkpoint())
+    assert len(resumed) == len(whole) and all(torch.equal(a, b) for a, b in zip(resumed, whole))
+
+
 def test_svdd_center_rule_hand_values():
     # property: c = mean phi(x); |c_j| < 0.1 becomes +-0.1 keeping its sign, an exact 0 becomes +0.1
     z = torch.tensor([[0.10, -0.10, 0.0, 1.0, -0.2, 0.03],
