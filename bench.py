@@ -8,6 +8,7 @@ For each stage: seconds per epoch (median of --reps epochs after --warmup epochs
 and the fraction of this machine's float32 matmul throughput (measured in the same run) that the stage's
 arithmetic reaches. The arithmetic of a stage is counted with torch.utils.flop_counter.FlopCounterMode
 (convolutions and matrix products, forward and backward), not estimated by hand.
+After each table: the size and time of one checkpoint of the autoencoder stage (`checkpoint_cost`).
 Do not run it beside another torch process: two processes' threads compete and the figures mean nothing.
 """
 import argparse
@@ -107,7 +108,7 @@ def bench(dataset, normal_class, device, reps, warmup, batch_size):
                                                           device, reps, 1), len(x_test),
                  count_flops(lambda: ae.reconstruct(plain, x_test))))
     fast_ops.UPSAMPLE = True
-    fast_ops.POOL = False                                  # scoring with F.max_pool2d (argmax indices computed)
+    fast_ops.POOL = False                                 # scoring with F.max_pool2d (argmax indices computed)
     rows.append(("  scoring, F.max_pool2d", timed(lambda: ae.reconstruction_scores(model, x_test), device,
                                                   reps, 1), len(x_test), fwd_ae))
     fast_ops.POOL = True
