@@ -66,7 +66,7 @@ def main(paths):
         ref = f" ({sum(paper[k] for k in classes) / len(classes):.2f})" if paper else ""
         means.append(f"{sum(vals) / len(vals):.2f}{ref}")
     print("| mean | " + " | ".join(means) + " |")
-    # Issue 7's per-class test: which classes lie more than one paper std below the paper's mean?
+    # The per-class test: which classes lie more than one paper std below the paper's mean?
     std_of = PAPER_STD[rows[0]["dataset"]]
     below = []
     for m in methods:
