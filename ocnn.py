@@ -30,13 +30,34 @@ Two regimes
   * joint: the encoder trains too, at its own (small) learning rate and weight decay; the paper does not
     freeze it. The regulariser 1/2 ||w||^2 + 1/2 ||V||^2 covers the head only.
 
-A property worth seeing (measured, see the README): with the linear g the objective is unbounded below.
-Scaling w and V by t scales y_hat, r and the hinge term by t^2, and the regulariser by t^2 as well, so
-the loss is t^2 (1/2||w||^2 + 1/2||V||^2 - [r - 1/nu mean max(0, r - y_hat)]); the bracket is the mean
-of the lowest nu-fraction of y_hat. Once some direction u = V^T w keeps that low tail above ||u||, which
-happens whenever the codes z lie far from the origin, gradient descent grows w and V for ever: r climbs
-epoch after epoch while the direction of u, the only thing the ranking r - y_hat depends on, settles.
-A bounded g (sigmoid, tanh) caps y_hat by ||w||_1 and keeps the objective bounded.
+A property worth seeing (measured, see the README): with the linear g and raw codes the objective is
+unbounded below. Scaling w and V by t scales y_hat, r and the hinge term by t^2, and the regulariser by t^2
+as well, so the loss is t^2 (1/2||w||^2 + 1/2||V||^2 - [r - 1/nu mean max(0, r - y_hat)]); the bracket is
+the mean of the lowest nu-fraction of y_hat. Once some direction u = V^T w keeps that low tail above ||u||,
+which happens whenever the codes z lie far from the origin, gradient descent grows w and V for ever: r
+climbs epoch after epoch while the direction of u, the only thing the ranking r - y_hat depends on, settles.
+In joint mode the encoder can also grow the codes themselves, which lowers the loss without learning
+anything about the normal class. A bounded g (sigmoid, tanh) caps y_hat by ||w||_1.
+
+Two options against it (both off = the paper's plain objective; run.py's defaults: the README)
+
+  normalize (codes on the unit sphere), as the seed lab's joint mode:
+      z_bar = z / max(||z||_2, eps),  eps = 1e-8;    y_hat = <w, g(V z_bar)>
+    in training, in the r-step and in scoring alike. Why it bounds the objective (linear g, u = V^T w):
+      y_hat = <u, z_bar> <= ||u|| <= ||w|| ||V||_F <= 1/2 ||w||^2 + 1/2 ||V||_F^2,
+    and r, a quantile of the head's own outputs, is at most their maximum, so
+      loss = 1/2 ||w||^2 + 1/2 ||V||_F^2 - r + hinge >= hinge >= 0:
+    neither a larger head nor larger codes can take the loss below 0 (EXERCISES.md lets you check it).
+    What it turns the hyperplane into: on the unit sphere {z_bar : <u, z_bar> >= r} is a spherical cap
+    around the direction u / ||u||, of angular radius arccos(r / ||u||); the score r - ||u|| cos(z, u)
+    ranks images by the angle between their code and u, a hypersphere on the sphere. What it costs: the
+    length of z is thrown away (an anomaly whose code points the normal way but is longer or shorter looks
+    normal), and a code near 0 gets an arbitrary direction.
+  clip (gradient-norm clipping), as the seed lab (0.5 on MNIST, 1.0 on CIFAR-10):
+      g <- g * min(1, clip / ||g||_2)   over every trained parameter (head, and encoder in joint mode),
+    before each Adam step. With nu = 0.01 the hinge weighs the few points below r by 1/nu = 100, so one
+    batch can carry a gradient a hundred times the usual; clipping caps that step. Adam divides by a running
+    gradient scale, so it changes only steps whose gradient is large next to the recent ones.
 
 Deviations and pitfalls avoided
   * The authors' public code scores a hypersphere distance, not this objective, and an earlier version
@@ -60,17 +81,20 @@ ACTIVATIONS = {"linear": nn.Identity, "sigmoid": nn.Sigmoid, "relu": nn.ReLU, "t
 
 
 class OCNN(nn.Module):
-    """The head: y_hat = <w, g(V z)>, no bias terms."""
+    """The head: y_hat = <w, g(V z)>, no bias terms; with normalize, z / ||z|| in place of z."""
 
-    def __init__(self, rep_dim, hidden=32, activation="linear"):
+    def __init__(self, rep_dim, hidden=32, activation="linear", normalize=False):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown OC-NN activation {activation!r}: one of {sorted(ACTIVATIONS)}")
         self.V = nn.Linear(rep_dim, hidden, bias=False)
         self.g = ACTIVATIONS[activation]()
         self.w = nn.Linear(hidden, 1, bias=False)
+        self.normalize = normalize
 
     def forward(self, z):                                             # (B, D)
+        if self.normalize:
+            z = z / z.norm(dim=1, keepdim=True).clamp_min(1e-8)       # z_bar on the unit sphere
         return self.w(self.g(self.V(z))).squeeze(1)                   # (B,)  y_hat
 
 
@@ -103,23 +127,25 @@ def head_outputs(encoder, head, x=None, z=None, batch_size=500):
 
 def train_ocnn(encoder, x, *, joint=False, nu=0.01, epochs=250, lr=1e-4, lr_drop_epoch=100,
                encoder_lr=1e-5, encoder_weight_decay=1e-5, hidden=32, activation="linear",
-               batch_size=200, seed=0, verbose=True, checkpoint=None):
+               normalize=False, clip=0.0, batch_size=200, seed=0, verbose=True, checkpoint=None):
     """Train the OC-NN head (and, if `joint`, the encoder, in place) on the objective above.
 
     Returns (head, r, history); history per epoch: loss, r, frac_below (fraction of training outputs
     strictly below r after the r-step; at most nu by construction), lr, seconds. In z-only mode the
     encoder is left untouched (eval mode, no gradient, no BatchNorm statistics update).
+    normalize: the head sees z / ||z|| (module docstring); clip: the largest gradient norm of a step (0: none).
     checkpoint: a training.Checkpoint to save the state at epoch ends and resume from, or None.
     """
     stage = "ocnn joint" if joint else "ocnn z-only"
     encoder.to(x.device)
-    head = OCNN(encoder.rep_dim, hidden, activation).to(x.device)
+    head = OCNN(encoder.rep_dim, hidden, activation, normalize).to(x.device)
     z_all = None if joint else ae_lib.encode(encoder, x)               # z-only: z computed once, (n, D)
     groups = [{"params": head.parameters(), "lr": lr, "weight_decay": 0.0}]  # ||w||, ||V|| are in the loss
     if joint:
         groups.append({"params": encoder.parameters(), "lr": encoder_lr,
                        "weight_decay": encoder_weight_decay})
     optimizer = torch.optim.Adam(groups)
+    trained = [p for group in optimizer.param_groups for p in group["params"]]
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[lr_drop_epoch], gamma=0.1)
     r = update_r(head_outputs(encoder, head, x, z_all), nu)            # r from the initial outputs
     generator = torch.Generator().manual_seed(seed)
@@ -139,6 +165,8 @@ def train_ocnn(encoder, x, *, joint=False, nu=0.01, epochs=250, lr=1e-4, lr_drop
             loss = ocnn_loss(head(z), r, head, nu)                     # (a) gradient step, r fixed
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(trained, clip)
             optimizer.step()
             total += loss.item() * len(idx)
         y_hat = head_outputs(encoder, head, x, z_all)                  # (n,) eval mode

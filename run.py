@@ -152,6 +152,10 @@ class Config:
     ocnn_lr_drop: int = opt(100, "head lr x0.1 after this epoch", COUNT)
     ocnn_hidden: int = opt(32, "OC-NN hidden units (rows of V)", COUNT)
     ocnn_activation: str = opt("linear", "g of the hidden layer", one_of(*ocnn.ACTIVATIONS))
+    ocnn_normalize: bool = opt(False, "OC-NN: the head sees z / ||z||, which bounds the objective (ocnn.py)",
+                               Valid("on (--ocnn-normalize) or off (--no-ocnn-normalize)",
+                                     lambda v: v in (True, False)))
+    ocnn_clip: float = opt(0.0, "OC-NN: the largest gradient norm of a step; 0 = no clipping", NONNEG)
     joint: bool = opt(False, "OC-NN: train the encoder too (else z-only: encoder frozen)")
     encoder_lr: float = opt(1e-5, "OC-NN joint: the encoder's learning rate", POSITIVE)
     encoder_weight_decay: float = opt(1e-5, "OC-NN joint: the encoder's weight decay", NONNEG)
@@ -188,7 +192,7 @@ def make_parser():
         valid = f.metadata["valid"]
         default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         text = f"{f.metadata['help']} (default: {default}" + (f"; valid: {valid.what})" if valid else ")")
-        if f.name == "bn_affine":
+        if f.name in ("bn_affine", "ocnn_normalize"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif f.type is bool:
             parser.add_argument(flag, action="store_true", default=None, help=text)
@@ -307,7 +311,8 @@ def one_class(cfg, d, model, checkpoint):
     head, r, history = ocnn.train_ocnn(phi, d.x_train, joint=cfg.joint, nu=cfg.nu, epochs=cfg.ocnn_epochs,
                                        lr=cfg.ocnn_lr, lr_drop_epoch=cfg.ocnn_lr_drop, encoder_lr=cfg.encoder_lr,
                                        encoder_weight_decay=cfg.encoder_weight_decay, hidden=cfg.ocnn_hidden,
-                                       activation=cfg.ocnn_activation, **kw)
+                                       activation=cfg.ocnn_activation, normalize=cfg.ocnn_normalize,
+                                       clip=cfg.ocnn_clip, **kw)
     return ocnn.ocnn_scores(phi, head, r, d.x_test), history, {"phi": phi.state_dict(),
                                                                "head": head.state_dict(), "r": r}
 
@@ -390,10 +395,18 @@ def classes_of(cfg):
     return list(range(10)) if cfg.normal_class == "all" else [int(p) for p in cfg.normal_class.split(",")]
 
 
+OCNN_FIELDS = ("ocnn_epochs", "ocnn_lr", "ocnn_lr_drop", "ocnn_hidden", "ocnn_activation", "ocnn_normalize",
+               "ocnn_clip", "joint", "encoder_lr", "encoder_weight_decay")
+SVDD_FIELDS = ("svdd_epochs", "svdd_lr", "svdd_milestones", "svdd_weight_decay", "svdd_warmup")
+
+
 def sweep_folder(cfg):
-    """<out>/sweep-<dataset>-<method>-<hash>: the hash covers every setting except the class and the seed,
-    so the same command with more classes or seeds fills the same folder."""
+    """<out>/sweep-<dataset>-<method>-<hash>: the hash covers every setting the method uses except the class
+    and the seed, so the same command with more classes or seeds fills the same folder (and a new OC-NN
+    option leaves the folders of Deep SVDD sweeps where they were)."""
     skip = {"normal_class", "seed", "seeds", "settings", *PLUMBING}          # settings: its values are hashed
+    skip |= set(OCNN_FIELDS if cfg.objective != "ocnn" else ()) | set(SVDD_FIELDS if "svdd" not in cfg.objective
+                                                                        else ())
     key = settings_key(cfg, [f.name for f in dataclasses.fields(cfg) if f.name not in skip])
     return os.path.join(cfg.out, f"sweep-{cfg.dataset}-{method_name(cfg).replace('+', '-')}-{key}")
 

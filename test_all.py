@@ -1032,6 +1032,39 @@ def test_ocnn_z_only_freezes_encoder_and_joint_trains_it():
         assert hist[-1]["frac_below"] <= 0.1
 
 
+def test_ocnn_unit_codes_ignore_the_code_length():
+    # property: with normalize, the head sees z / ||z||: scaling a code by any t > 0 leaves y_hat as it was
+    torch.manual_seed(0)
+    head, z = ocnn.OCNN(8, hidden=4, normalize=True), torch.randn(20, 8)
+    t = torch.rand(20, 1) * 100 + 0.01
+    assert torch.allclose(head(t * z), head(z), atol=1e-5)
+    assert torch.allclose(head(z), head.w(head.V(z / z.norm(dim=1, keepdim=True))).squeeze(1))
+
+
+def test_ocnn_clip_caps_every_step_gradient_norm(monkeypatch):
+    # property: with clip c, the gradient that reaches each Adam step (head and encoder together) has norm
+    # <= c; without it, the same run's gradients are larger
+    norms = []
+    step = torch.optim.Adam.step
+
+    def recording_step(self, *a, **kw):
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+        return step(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    x = _images(40)
+    for clip in (0.0, 1e-3):
+        norms.clear()
+        torch.manual_seed(0)
+        ocnn.train_ocnn(ae.build_encoder("mnist"), x, joint=True, nu=0.1, epochs=2, clip=clip, batch_size=20,
+                        verbose=False)
+        if clip:
+            assert len(norms) == 4 and max(norms) <= clip * (1 + 1e-4)
+        else:
+            assert min(norms) > 1e-2
+
+
 def test_ocnn_score_sign():
     # property: s = r - y_hat, so a lower output scores as more anomalous
     head = ocnn.OCNN(rep_dim=2, hidden=2)
@@ -1141,6 +1174,19 @@ def test_run_ae_init_dict_sets_conv1_in_its_own_folder(tiny_root, tmp_path, monk
     assert seen == [4] and torch.equal(model.encoder.conv1.weight, torch.ones(8, 1, 5, 5))
 
 
+def test_run_sweep_folder_hashes_only_the_settings_the_method_uses():
+    # property: an OC-NN option moves OC-NN sweeps to a new folder and leaves Deep SVDD's and the DCAE's where
+    # they were; a Deep SVDD setting does not move OC-NN's
+    def folder(*flags):
+        return run.sweep_folder(run.parse_config(["--seeds", "0", *flags]))
+    for objective in ("svdd", "soft-svdd", "ae"):
+        assert folder("--objective", objective) == folder("--objective", objective, "--ocnn-clip", "0.5",
+                                                          "--ocnn-normalize", "--joint", "--encoder-lr", "1e-3")
+    assert folder("--objective", "ocnn") != folder("--objective", "ocnn", "--ocnn-clip", "0.5")
+    assert folder("--objective", "ocnn") == folder("--objective", "ocnn", "--svdd-epochs", "3")
+    assert folder("--objective", "svdd") != folder("--objective", "svdd", "--svdd-epochs", "3")
+
+
 def test_run_settings_presets_fill_only_unset_fields():
     # property: MNIST's default preset is the Theano code's settings, --settings port the PyTorch port's,
     # an explicit flag wins over either, and CIFAR-10 gets the port's under both names
@@ -1170,7 +1216,7 @@ def test_run_bad_flag_exits_nonzero_with_message(argv, message, capsys):
 
 NUMERIC = [f for f in dataclasses.fields(run.Config) if f.type in (int, float)]
 ZERO_OK = {"pollution_rate", "seed", "ae_weight_decay", "svdd_weight_decay", "encoder_weight_decay", "rcae_lambda",
-           "svdd_warmup", "checkpoint_seconds"}                      # the numeric fields where 0 means something
+           "svdd_warmup", "checkpoint_seconds", "ocnn_clip"}                      # the numeric fields where 0 means something
 
 
 @pytest.mark.parametrize("value", ["-1", "0", "nan", "inf"])
@@ -1410,19 +1456,43 @@ def test_exercise_ocnn_joint_growing_codes_lowers_the_loss():
     assert losses[1] - losses[0] < -0.5
     assert losses[2] - losses[1] == pytest.approx(losses[1] - losses[0], rel=1e-4)
 
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+def test_exercise_ocnn_unit_codes_bound_the_loss(scale):
+    # property (exercise 8): with unit codes and linear g, y_hat = <u, z/||z||> <= ||u|| <= ||w|| ||V||_F, so
+    # with r a quantile of the outputs the loss is >= 0, however large the head or the codes grow; the same
+    # head on raw codes goes far below 0
+    torch.manual_seed(0)
+    z, nu = torch.randn(500, 8) * 0.3 + 2.0, 0.1
+    for normalize in (True, False):
+        head = ocnn.OCNN(8, hidden=4, normalize=normalize)
+        with torch.no_grad():
+            head.V.weight.fill_(0.1 * scale)
+            head.w.weight.fill_(0.5 * scale)                          # y_hat > 0 on these codes
+        y_hat = head(scale * z)
+        u = (head.w.weight @ head.V.weight).norm()
+        loss = ocnn.ocnn_loss(y_hat, ocnn.update_r(y_hat.detach(), nu), head, nu).item()
+        if normalize:
+            assert y_hat.max() <= u + 1e-4 and loss >= 0
+        elif scale > 1:
+            assert loss < -1e3
+
+
 def test_ablations_every_variant_parses_and_shared_runs_share_folders():
-    # property: each ablation variant is a valid run.py command, and a variant that two questions share
-    # (OC-NN joint at encoder lr 1e-5) resolves to one sweep folder, so it is trained once
+    # property: each ablation variant is a valid run.py command with its question's classes and seeds, and
+    # only the variants that two questions share (OC-NN joint at encoder lr 1e-5, z-only at nu 0.01) resolve
+    # to one sweep folder, so they are trained once
     sys.path.insert(0, os.path.join(HERE, "results", "ablations"))
     import ablations
     folders = {}
     for question, (_, variants) in ablations.QUESTIONS.items():
         for series, x, flags in variants:
-            cfg = run.parse_config(ablations.variant_argv("mnist", flags))
-            assert run.classes_of(cfg) == [0, 2, 5] and cfg.seeds == [0, 1, 2]
-            folders[(question, x)] = run.sweep_folder(cfg)
-    assert folders[("objective", "OC-NN joint (50 ep)")] == folders[("encoder-lr", 1e-5)]
-    assert len({folders[("encoder-lr", lr)] for lr in [0, 1e-6, 1e-5, 1e-4]}) == 4
+            cfg = run.parse_config(ablations.variant_argv("mnist", flags, question))
+            classes = [0, 1, 2] if question in ablations.OWN_BASES else [0, 2, 5]
+            assert run.classes_of(cfg) == classes and cfg.seeds == [0, 1, 2]
+            folders[(question, series, x)] = run.sweep_folder(cfg)
+    assert len(set(folders.values())) == len(folders) - 2
+    assert folders[("objective", "same AE", "OC-NN joint (50 ep)")] == folders[("encoder-lr", "OC-NN, 50 epochs", 1e-5)]
+    assert folders[("objective", "same AE", "OC-NN z-only")] == folders[("nu", "OC-NN z-only", 0.01)]
 
 
 def test_exercises_checks_name_existing_tests():

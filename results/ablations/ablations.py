@@ -46,8 +46,28 @@ OCNN_SHORT = ["--ocnn-epochs", "50", "--ocnn-lr-drop", "20"]                 # b
 AE_SHORT = ["--objective", "ae", "--ae-epochs", "20", "--ae-milestones", "15"]  # budget: 20 of 150 epochs
 OCNN_JOINT = ["--objective", "ocnn", "--joint", "--encoder-lr", "1e-5"] + OCNN_SHORT  # the seed lab's encoder lr
 
+# OC-NN's options (ocnn.py), MNIST only: on the default (Theano-settings) autoencoders of digits 0, 1, 2, the
+# digits the seed lab reports; these questions have a base of their own (OWN_BASES) in place of BASES.
+OCNN_BASE = ["--objective", "ocnn", "--no-ocnn-normalize", "--ocnn-clip", "0"]
+OCNN_OPTIONS = [("plain", []), ("clip 0.5", ["--ocnn-clip", "0.5"]), ("unit codes", ["--ocnn-normalize"]),
+                ("unit codes + clip 0.5", ["--ocnn-normalize", "--ocnn-clip", "0.5"])]
+# The seed lab's headline protocol: RCAE pretraining, OC-NN joint, 1% pollution, nu 0.01, unit codes, clip 0.5
+# (PAPERS.md 5b); each variant after the first leaves out one of its settings or adds one of its others.
+SEEDLAB = OCNN_BASE + ["--pretrain", "rcae", "--pollution-rate", "0.01", "--nu", "0.01", "--joint"]
+OWN_BASES = dict.fromkeys(["ocnn-options", "seedlab"], ["--settings", "paper", "--out", "runs/ocnn",
+                                                        "--normal-class", "0,1,2", "--seeds", "0", "1", "2"])
+
 # question -> (x-axis label, [(series, x, run.py flags)]); a variant's flags come after the base flags
 QUESTIONS = {
+    "ocnn-options": ("OC-NN option (ocnn.py)", [
+        (regime, name, OCNN_BASE + extra + flags) for regime, extra in [("z-only", []), ("joint", ["--joint"])]
+        for name, flags in OCNN_OPTIONS]),
+    "seedlab": ("the seed lab's protocol, one setting changed", [
+        ("RCAE, joint, 1% pollution", "unit codes + clip 0.5", SEEDLAB + ["--ocnn-normalize", "--ocnn-clip", "0.5"]),
+        ("RCAE, joint, 1% pollution", "raw codes", SEEDLAB + ["--ocnn-clip", "0.5"]),
+        ("RCAE, joint, 1% pollution", "no clipping", SEEDLAB + ["--ocnn-normalize"]),
+        ("RCAE, joint, 1% pollution", "AE pretraining", SEEDLAB + ["--ocnn-normalize", "--ocnn-clip", "0.5",
+                                                                  "--pretrain", "ae"])]),
     "pollution": ("pollution rate of the training set", [
         (name, p, AE_SHORT + ["--pollution-rate", str(p)] + extra)
         for name, extra in [("AE", []), ("RCAE (lambda 0.1)",
@@ -68,9 +88,13 @@ QUESTIONS = {
 }
 
 
-def variant_argv(dataset, flags):
+def variant_argv(dataset, flags, question=None):
     """The run.py flags of one variant: the base (classes, seeds, output folder), the variant's own, then the
     dataset's overrides (argparse: the last value of a flag wins)."""
+    if question in OWN_BASES:
+        if dataset != "mnist":
+            sys.exit(f"{question}: MNIST only")
+        return OWN_BASES[question] + ["--quiet"] + flags
     b = BASES[dataset]
     return (b["flags"] + ["--normal-class", ",".join(map(str, b["classes"])), "--seeds"] +
             [str(s) for s in b["seeds"]] + ["--quiet"] + flags + b.get("after", []))
@@ -97,7 +121,7 @@ def collect(question, dataset):
     _, variants = QUESTIONS[question]
     rows, missing = [], 0
     for series, x, flags in variants:
-        cfg = run.parse_config(variant_argv(dataset, flags))
+        cfg = run.parse_config(variant_argv(dataset, flags, question))
         for k in run.classes_of(cfg):
             for s in cfg.seeds:
                 run_dir = os.path.join(ROOT, run.run_folder(cfg, k, s))
@@ -187,6 +211,8 @@ def plot(question, dataset, table, path):
 def report(dataset):
     """results/ablations/<dataset>-<question>.csv and .png for every question with finished runs."""
     for question in QUESTIONS:
+        if question in OWN_BASES and dataset != "mnist":
+            continue
         table = summarize(collect(question, dataset))
         if not table:
             continue
@@ -210,7 +236,7 @@ def main(argv):
         return report(dataset)
     os.chdir(ROOT)
     for _, _, flags in QUESTIONS[argv[1]][1]:
-        args = variant_argv(dataset, flags)
+        args = variant_argv(dataset, flags, argv[1])
         if argv[0] == "commands":
             print("python run.py " + " ".join(args))
         else:
