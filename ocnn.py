@@ -48,11 +48,16 @@ Two options against it (both off = the paper's plain objective; run.py's default
     and r, a quantile of the head's own outputs, is at most their maximum, so
       loss = 1/2 ||w||^2 + 1/2 ||V||_F^2 - r + hinge >= hinge >= 0:
     neither a larger head nor larger codes can take the loss below 0 (EXERCISES.md lets you check it).
-    What it turns the hyperplane into: on the unit sphere {z_bar : <u, z_bar> >= r} is a spherical cap
-    around the direction u / ||u||, of angular radius arccos(r / ||u||); the score r - ||u|| cos(z, u)
-    ranks images by the angle between their code and u, a hypersphere on the sphere. What it costs: the
-    length of z is thrown away (an anomaly whose code points the normal way but is longer or shorter looks
-    normal), and a code near 0 gets an arbitrary direction.
+    Where the bound is reached: at u = 0 (y_hat = r = 0). Write u = t a with ||a|| = 1 and the head at its
+    cheapest (reg = ||u|| = t); then loss = t (1 - [r' - 1/nu mean max(0, r' - cos(z, a))]), r' the
+    nu-quantile of the cosines, and the bracket is below 1 unless every code points exactly along a. So
+    gradient descent shrinks the head (the norm of u ends near 0: results/README.md) and what is learnt is
+    the direction a: on the unit sphere {z_bar : <u, z_bar> >= r} is a spherical cap around a, and the
+    score r - t cos(z, a) ranks images by their angle to a. In joint mode the encoder lowers the bracket by
+    turning the normal codes towards a: a Deep SVDD on the sphere with a learnt centre direction. (Adam's
+    step does not scale with the gradient, so training goes on while t shrinks.) What it costs: the length
+    of z is thrown away (an anomaly whose code points the normal way but is longer or shorter looks
+    normal), a code near 0 gets an arbitrary direction, and the hyperplane's offset r carries no scale.
   clip (gradient-norm clipping), as the seed lab (0.5 on MNIST, 1.0 on CIFAR-10):
       g <- g * min(1, clip / ||g||_2)   over every trained parameter (head, and encoder in joint mode),
     before each Adam step. With nu = 0.01 the hinge weighs the few points below r by 1/nu = 100, so one

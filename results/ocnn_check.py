@@ -1,22 +1,23 @@
-"""Why OC-NN trails Deep SVDD here: the same codes, scored by a hyperplane and by a sphere.
+"""Why OC-NN trails Deep SVDD here, and what unit codes change: the same codes, scored by a hyperplane and a sphere.
 
-    python results/ocnn_check.py            # MNIST classes 0 1 2 5, seeds 0 1 2, from finished runs in runs/repro
+    python results/ocnn_check.py            # the `ocnn-options` runs: digits 0 1 2, seeds 0 1 2, runs/ocnn
+    python results/ocnn_check.py repro      # the port's runs of results/README.md section 2, in runs/repro
     python results/ocnn_check.py runs/<time>-mnist-0-ae-ocnn ...      # or any OC-NN run folders
 
-For every finished OC-NN run of the reproduction sweep (z-only and joint, reference schedule: 250 epochs)
-and of the encoder-lr ablation (joint, encoder lr 1e-5, 50 epochs; see results/ablations/ablations.py) it
-loads the saved encoder and head and prints the test AUROC (%) of three scores computed on the very same
-codes z = phi(x):
+For every finished OC-NN run it loads the saved encoder and head and prints the test AUROC (%) of three
+scores computed on the very same codes, those the head sees (z = phi(x), or z / ||z|| with unit codes):
 
   hyperplane   r - y_hat(x), the OC-NN score run.py reported (linear g: y_hat = <u, z>, u = V^T w)
   mean-proj    -<m, z>, m = the mean training code: the direction a linear head drifts to (ocnn.py docstring)
   sphere       ||z - m||^2: a hypersphere distance on the same encoder - what the OC-NN authors' public
                code scored, and Deep SVDD's score before any Deep SVDD training
 and cos(u, m), how close the learnt direction is to the mean code, and the norm of u (linear g only:
-'-' otherwise); then the mean code norm ||z|| of the normal and of the anomalous test images ("code
-norm") and the final offset r. The objective regularises the head (||w||, ||V||) but not the encoder
-(only weight decay), so joint training can raise y_hat and r by growing the codes instead of u: the norms
-show whether it did, and whether the anomalies' codes grew with the normal ones.
+'-' otherwise); then the mean length ||phi(x)|| of the raw codes of the normal and of the anomalous test
+images ("code norm") and the final offset r. The plain objective regularises the head (||w||, ||V||) but
+not the encoder (only weight decay), so joint training can raise y_hat and r by growing the codes instead
+of u: the norms show whether it did, and whether the anomalies' codes grew with the normal ones. With unit
+codes the head cannot see the length, r stays below ||u||, and the ranking is by angle alone.
+
 """
 import json
 import os
@@ -33,9 +34,10 @@ import evaluate  # noqa: E402
 import ocnn  # noqa: E402
 import run  # noqa: E402
 
-REGIMES = [["--objective", "ocnn"],                                         # z-only
-           ["--objective", "ocnn", "--joint"],                               # joint, 250 epochs
-           ablations.OCNN_JOINT]                                             # joint, 50 epochs
+PLAIN = ["--no-ocnn-normalize", "--ocnn-clip", "0"]                        # what those runs were measured with
+REGIMES = [["--objective", "ocnn"] + PLAIN,                                  # z-only
+           ["--objective", "ocnn", "--joint"] + PLAIN,                       # joint, 250 epochs
+           ablations.OCNN_JOINT + PLAIN]                                     # joint, 50 epochs
 
 
 @torch.no_grad()
@@ -46,10 +48,13 @@ def check(run_dir, cfg):
     saved = torch.load(os.path.join(run_dir, "model.pt"), weights_only=True)
     phi = ae.build_encoder(cfg.dataset, cfg.rep_dim, cfg.bn_affine)
     phi.load_state_dict(saved["phi"])
-    head = ocnn.OCNN(cfg.rep_dim, cfg.ocnn_hidden, cfg.ocnn_activation)
+    head = ocnn.OCNN(cfg.rep_dim, cfg.ocnn_hidden, cfg.ocnn_activation, cfg.ocnn_normalize)
     head.load_state_dict(saved["head"])
     d = run.load_split(cfg, int(cfg.normal_class), "cpu")
     z_train, z_test = ae.encode(phi, d.x_train), ae.encode(phi, d.x_test)   # eval mode
+    norm = z_test.norm(dim=1)                                                # (N_test,) ||phi(x)||
+    if cfg.ocnn_normalize:                                                   # the codes the head sees
+        z_train, z_test = (torch.nn.functional.normalize(z, dim=1, eps=1e-8) for z in (z_train, z_test))
     m = z_train.mean(dim=0)                                                  # (D,)
     u = (head.w.weight @ head.V.weight).squeeze(0)                           # (D,) linear g only
     y = d.y_test.numpy()
@@ -59,7 +64,6 @@ def check(run_dir, cfg):
     linear = cfg.ocnn_activation == "linear"                                 # else y_hat is no projection on u
     out["cos(u, m)"] = f"{torch.nn.functional.cosine_similarity(u, m, dim=0).item():.3f}" if linear else "-"
     out["|u|"] = f"{u.norm().item():.2f}" if linear else "-"
-    norm = z_test.norm(dim=1)                                                # (N_test,) ||z||
     out["|z| normal"] = norm[d.y_test == 0].mean().item()
     out["|z| anomalous"] = norm[d.y_test == 1].mean().item()
     out["r"] = saved["r"]
@@ -69,6 +73,8 @@ def check(run_dir, cfg):
 def row(cfg, res):
     regime = f"joint, {cfg.ocnn_epochs} ep, encoder lr {cfg.encoder_lr:g}" if cfg.joint else "z-only"
     regime += f", {cfg.ocnn_activation} g" if cfg.ocnn_activation != "linear" else ""
+    regime += f", nu {cfg.nu:g}" + (", unit codes" if cfg.ocnn_normalize else "")
+    regime += f", clip {cfg.ocnn_clip:g}" if cfg.ocnn_clip else ""
     print(f"| {cfg.normal_class} | {cfg.seed} | {regime} | {res['hyperplane']:.2f} | {res['mean-proj']:.2f} | "
           f"{res['sphere']:.2f} | {res['cos(u, m)']} | {res['|u|']} | "
           f"{res['|z| normal']:.1f} / {res['|z| anomalous']:.1f} | {res['r']:.1f} |")
@@ -78,24 +84,29 @@ def main(folders):
     print("| class | seed | OC-NN regime | hyperplane | mean-proj | sphere | cos(u, m) | norm of u "
           "| code norm, normal / anomalous | r |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for folder in folders:                                                   # run folders named on the command line
+    if folders in ([], ["repro"]):                                          # the runs of a study
+        os.chdir(ROOT)
+        folders = [os.path.join(ROOT, run.run_folder(cfg, k, s)) for cfg in study(folders) for k in
+                   run.classes_of(cfg) for s in cfg.seeds]
+        folders = [f for f in folders if os.path.exists(os.path.join(f, "metrics.json"))]
+    for folder in folders:
         path = os.path.join(folder, "config.json")
-        cfg = run.Config(**json.load(open(path))) if os.path.exists(path) else None
-        res = check(folder, cfg) if cfg is not None and cfg.objective == "ocnn" else None
+        saved = json.load(open(path)) if os.path.exists(path) else {}
+        saved = {"ocnn_normalize": False, "ocnn_clip": 0.0, **saved}          # runs from before these options
+        cfg = run.Config(**saved) if saved.get("objective") == "ocnn" else None
+        res = check(folder, cfg) if cfg is not None else None
         if res is None:
             sys.exit(f"{folder} is not a finished OC-NN run (it needs config.json of an ocnn run and metrics.json)")
         row(cfg, res)
-    if folders:
-        return
-    os.chdir(ROOT)
-    for k in (0, 1, 2, 5):
-        for s in (0, 1, 2):
-            for flags in REGIMES:
-                cfg = run.parse_config(["--settings", "port", "--out", "runs/repro", "--normal-class", str(k),
-                                        "--seed", str(s)] + flags)
-                res = check(run.run_folder(cfg, k, s), cfg)
-                if res:
-                    row(cfg, res)
+
+
+def study(which):
+    """The sweeps of the option study (default) or, with ['repro'], of the port's reproduction, one class each."""
+    if which == ["repro"]:
+        return [run.parse_config(["--settings", "port", "--out", "runs/repro", "--normal-class", str(k),
+                                  "--seeds", "0", "1", "2"] + flags) for k in (0, 1, 2, 5) for flags in REGIMES]
+    return [run.parse_config(ablations.variant_argv("mnist", flags, "ocnn-options"))
+            for _, _, flags in ablations.QUESTIONS["ocnn-options"][1]]
 
 
 if __name__ == "__main__":

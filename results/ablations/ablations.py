@@ -46,28 +46,41 @@ OCNN_SHORT = ["--ocnn-epochs", "50", "--ocnn-lr-drop", "20"]                 # b
 AE_SHORT = ["--objective", "ae", "--ae-epochs", "20", "--ae-milestones", "15"]  # budget: 20 of 150 epochs
 OCNN_JOINT = ["--objective", "ocnn", "--joint", "--encoder-lr", "1e-5"] + OCNN_SHORT  # the seed lab's encoder lr
 
-# OC-NN's options (ocnn.py), MNIST only: on the default (Theano-settings) autoencoders of digits 0, 1, 2, the
-# digits the seed lab reports; these questions have a base of their own (OWN_BASES) in place of BASES.
-OCNN_BASE = ["--objective", "ocnn", "--no-ocnn-normalize", "--ocnn-clip", "0"]
-OCNN_OPTIONS = [("plain", []), ("clip 0.5", ["--ocnn-clip", "0.5"]), ("unit codes", ["--ocnn-normalize"]),
-                ("unit codes + clip 0.5", ["--ocnn-normalize", "--ocnn-clip", "0.5"])]
-# The seed lab's headline protocol: RCAE pretraining, OC-NN joint, 1% pollution, nu 0.01, unit codes, clip 0.5
-# (PAPERS.md 5b); each variant after the first leaves out one of its settings or adds one of its others.
-SEEDLAB = OCNN_BASE + ["--pretrain", "rcae", "--pollution-rate", "0.01", "--nu", "0.01", "--joint"]
+# OC-NN's settings (ocnn.py), MNIST only: on the default (Theano-settings) autoencoders of digits 0, 1, 2, the
+# digits the seed lab reports; these questions have a base of their own (OWN_BASES) in place of BASES, and
+# every variant names all four settings, so a change of run.py's defaults does not move it.
+def ocnn_flags(unit, clip, nu, encoder_lr):
+    return ["--objective", "ocnn", "--ocnn-normalize" if unit else "--no-ocnn-normalize", "--ocnn-clip", str(clip),
+            "--nu", str(nu), "--encoder-lr", str(encoder_lr)]
+
+
+OCNN_STEPS = [  # from the plain objective to run.py's defaults, one setting at a time, then each one left out
+    ("plain (nu 0.01, encoder lr 1e-5)", ocnn_flags(False, 0, 0.01, 1e-5)),
+    ("+ unit codes", ocnn_flags(True, 0, 0.01, 1e-5)),
+    ("+ clip 0.5 (the seed lab's)", ocnn_flags(True, 0.5, 0.01, 1e-5)),
+    ("+ nu 0.1", ocnn_flags(True, 0.5, 0.1, 1e-5)),
+    ("+ encoder lr 1e-4 (defaults)", ocnn_flags(True, 0.5, 0.1, 1e-4)),
+    ("defaults, raw codes", ocnn_flags(False, 0.5, 0.1, 1e-4)),
+    ("defaults, no clipping", ocnn_flags(True, 0, 0.1, 1e-4)),
+    ("defaults, nu 0.01", ocnn_flags(True, 0.5, 0.01, 1e-4))]
+OCNN_Z_ONLY = [  # the encoder frozen: the encoder lr plays no part, clipping hardly any
+    ("plain (nu 0.01)", ocnn_flags(False, 0, 0.01, 1e-5)),
+    ("unit codes, nu 0.01", ocnn_flags(True, 0.5, 0.01, 1e-5)),
+    ("raw codes, nu 0.1", ocnn_flags(False, 0.5, 0.1, 1e-5)),
+    ("unit codes, nu 0.1 (defaults)", ocnn_flags(True, 0.5, 0.1, 1e-5))]
+# The seed lab's headline protocol: RCAE pretraining, OC-NN joint, 1% pollution, nu 0.01, unit codes, clip 0.5,
+# encoder lr 1e-5 (PAPERS.md 5b); then the same with run.py's OC-NN defaults.
+SEEDLAB = ["--pretrain", "rcae", "--pollution-rate", "0.01", "--joint"]
 OWN_BASES = dict.fromkeys(["ocnn-options", "seedlab"], ["--settings", "paper", "--out", "runs/ocnn",
                                                         "--normal-class", "0,1,2", "--seeds", "0", "1", "2"])
 
 # question -> (x-axis label, [(series, x, run.py flags)]); a variant's flags come after the base flags
 QUESTIONS = {
-    "ocnn-options": ("OC-NN option (ocnn.py)", [
-        (regime, name, OCNN_BASE + extra + flags) for regime, extra in [("z-only", []), ("joint", ["--joint"])]
-        for name, flags in OCNN_OPTIONS]),
-    "seedlab": ("the seed lab's protocol, one setting changed", [
-        ("RCAE, joint, 1% pollution", "unit codes + clip 0.5", SEEDLAB + ["--ocnn-normalize", "--ocnn-clip", "0.5"]),
-        ("RCAE, joint, 1% pollution", "raw codes", SEEDLAB + ["--ocnn-clip", "0.5"]),
-        ("RCAE, joint, 1% pollution", "no clipping", SEEDLAB + ["--ocnn-normalize"]),
-        ("RCAE, joint, 1% pollution", "AE pretraining", SEEDLAB + ["--ocnn-normalize", "--ocnn-clip", "0.5",
-                                                                  "--pretrain", "ae"])]),
+    "ocnn-options": ("OC-NN settings", [("joint", name, ["--joint"] + flags) for name, flags in OCNN_STEPS] +
+                     [("z-only", name, flags) for name, flags in OCNN_Z_ONLY]),
+    "seedlab": ("RCAE, OC-NN joint, 1% pollution", [
+        ("RCAE, joint, 1% pollution", "the seed lab's OC-NN settings", SEEDLAB + ocnn_flags(True, 0.5, 0.01, 1e-5)),
+        ("RCAE, joint, 1% pollution", "run.py's OC-NN defaults", SEEDLAB + ocnn_flags(True, 0.5, 0.1, 1e-4))]),
     "pollution": ("pollution rate of the training set", [
         (name, p, AE_SHORT + ["--pollution-rate", str(p)] + extra)
         for name, extra in [("AE", []), ("RCAE (lambda 0.1)",
