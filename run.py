@@ -58,9 +58,9 @@ OBJECTIVES = ("svdd", "soft-svdd", "ocnn", "ae")
 # CIFAR-10 only the port's settings have been measured, so both names give them.
 PORT = {
     "mnist": dict(rep_dim=32, ae_epochs=150, ae_milestones=[50], ae_weight_decay=0.5e-3, svdd_weight_decay=0.5e-6,
-                  ae_init="default", bn_affine=False, ocnn_nu=0.01),
+                  ae_init="default", bn_affine=False),
     "cifar10": dict(rep_dim=128, ae_epochs=350, ae_milestones=[250], ae_weight_decay=0.5e-6,
-                    svdd_weight_decay=0.5e-6, ae_init="default", bn_affine=False, ocnn_nu=0.1),
+                    svdd_weight_decay=0.5e-6, ae_init="default", bn_affine=False),
 }
 PRESETS = {
     ("mnist", "paper"): dict(PORT["mnist"], ae_init="theano", bn_affine=True, ae_milestones=[],
@@ -114,7 +114,7 @@ class Config:
     settings: str = opt("paper", "fills the fields left at None: paper = closest to Deep SVDD's Table 1 "
                                  "(MNIST: the Theano code's settings), port = Deep-SVDD-PyTorch's",
                         one_of("paper", "port"))
-    nu: float = opt(None, "soft-svdd / ocnn; None = 0.1 for SVDD, 0.01 MNIST / 0.1 CIFAR-10 for OC-NN",
+    nu: float = opt(0.1, "soft-svdd / ocnn: the fraction of training points allowed beyond R / below r",
                     Valid("a number in (0, 1]", lambda v: finite(v) and 0 < v <= 1))
     pollution_rate: float = opt(0.0, "fraction of anomalies mixed into the training set",
                                 Valid("a number in [0, 1)", lambda v: finite(v) and 0 <= v < 1))
@@ -152,12 +152,14 @@ class Config:
     ocnn_lr_drop: int = opt(100, "head lr x0.1 after this epoch", COUNT)
     ocnn_hidden: int = opt(32, "OC-NN hidden units (rows of V)", COUNT)
     ocnn_activation: str = opt("linear", "g of the hidden layer", one_of(*ocnn.ACTIVATIONS))
-    ocnn_normalize: bool = opt(False, "OC-NN: the head sees z / ||z||, which bounds the objective (ocnn.py)",
+    ocnn_normalize: bool = opt(True, "OC-NN: the head sees z / ||z||, which bounds the objective (ocnn.py); "
+                                     "--no-ocnn-normalize: the paper's plain objective",
                                Valid("on (--ocnn-normalize) or off (--no-ocnn-normalize)",
                                      lambda v: v in (True, False)))
-    ocnn_clip: float = opt(0.0, "OC-NN: the largest gradient norm of a step; 0 = no clipping", NONNEG)
+    ocnn_clip: float = opt(None, "OC-NN: the largest gradient norm of a step; None = 0.5 with unit codes, 0 (no "
+                                 "clipping) with raw codes", NONNEG)
     joint: bool = opt(False, "OC-NN: train the encoder too (else z-only: encoder frozen)")
-    encoder_lr: float = opt(1e-5, "OC-NN joint: the encoder's learning rate", POSITIVE)
+    encoder_lr: float = opt(1e-4, "OC-NN joint: the encoder's learning rate", POSITIVE)
     encoder_weight_decay: float = opt(1e-5, "OC-NN joint: the encoder's weight decay", NONNEG)
     # plumbing: not part of a run's settings (not hashed into sweep folders or cache names)
     device: str = opt("auto", "auto picks CUDA when present", one_of("auto", "cpu", "cuda"))
@@ -170,7 +172,7 @@ class Config:
 
 
 PLUMBING = ("device", "data_root", "out", "jobs", "checkpoint_seconds", "quiet")
-TYPES = {"nu": float, "rep_dim": int, "ae_epochs": int, "ae_weight_decay": float, "svdd_weight_decay": float,
+TYPES = {"nu": float, "ocnn_clip": float, "rep_dim": int, "ae_epochs": int, "ae_weight_decay": float, "svdd_weight_decay": float,
          "ae_init": str, "seeds": int, "ae_milestones": int, "svdd_milestones": int, "normal_class": str}
 
 
@@ -211,8 +213,8 @@ def resolve(cfg):
                     "bn_affine"):
             if getattr(cfg, key) is None:
                 setattr(cfg, key, preset[key])
-        if cfg.nu is None:
-            cfg.nu = preset["ocnn_nu"] if cfg.objective == "ocnn" else 0.1
+    if cfg.ocnn_clip is None:
+        cfg.ocnn_clip = 0.5 if cfg.ocnn_normalize else 0.0
     for f in dataclasses.fields(cfg):                                 # the one check of every value
         value, valid = getattr(cfg, f.name), f.metadata["valid"]
         if valid is not None and not (value is None and f.name == "seeds") and not valid.test(value):

@@ -1182,9 +1182,19 @@ def test_run_sweep_folder_hashes_only_the_settings_the_method_uses():
     for objective in ("svdd", "soft-svdd", "ae"):
         assert folder("--objective", objective) == folder("--objective", objective, "--ocnn-clip", "0.5",
                                                           "--ocnn-normalize", "--joint", "--encoder-lr", "1e-3")
-    assert folder("--objective", "ocnn") != folder("--objective", "ocnn", "--ocnn-clip", "0.5")
+    assert folder("--objective", "ocnn") != folder("--objective", "ocnn", "--ocnn-clip", "1")
     assert folder("--objective", "ocnn") == folder("--objective", "ocnn", "--svdd-epochs", "3")
     assert folder("--objective", "svdd") != folder("--objective", "svdd", "--svdd-epochs", "3")
+
+
+def test_run_ocnn_defaults_and_the_plain_objective_one_flag_away():
+    # property: the OC-NN defaults are unit codes with clipping 0.5; --no-ocnn-normalize alone gives the
+    # paper's plain objective (raw codes, no clipping); an explicit --ocnn-clip wins in both cases
+    cfg = run.parse_config(["--objective", "ocnn"])
+    assert (cfg.ocnn_normalize, cfg.ocnn_clip, cfg.nu) == (True, 0.5, 0.1)
+    assert (lambda c: (c.ocnn_normalize, c.ocnn_clip))(run.parse_config(["--no-ocnn-normalize"])) == (False, 0.0)
+    assert run.parse_config(["--no-ocnn-normalize", "--ocnn-clip", "2"]).ocnn_clip == 2.0
+    assert run.parse_config(["--ocnn-clip", "0"]).ocnn_clip == 0.0
 
 
 def test_run_settings_presets_fill_only_unset_fields():
@@ -1479,8 +1489,8 @@ def test_exercise_ocnn_unit_codes_bound_the_loss(scale):
 
 def test_ablations_every_variant_parses_and_shared_runs_share_folders():
     # property: each ablation variant is a valid run.py command with its question's classes and seeds, and
-    # only the variants that two questions share (OC-NN joint at encoder lr 1e-5, z-only at nu 0.01) resolve
-    # to one sweep folder, so they are trained once
+    # only the variants that two questions share (such as OC-NN joint at encoder lr 1e-5) resolve to one sweep
+    # folder, so they are trained once
     sys.path.insert(0, os.path.join(HERE, "results", "ablations"))
     import ablations
     folders = {}
@@ -1490,9 +1500,12 @@ def test_ablations_every_variant_parses_and_shared_runs_share_folders():
             classes = [0, 1, 2] if question in ablations.OWN_BASES else [0, 2, 5]
             assert run.classes_of(cfg) == classes and cfg.seeds == [0, 1, 2]
             folders[(question, series, x)] = run.sweep_folder(cfg)
-    assert len(set(folders.values())) == len(folders) - 2
-    assert folders[("objective", "same AE", "OC-NN joint (50 ep)")] == folders[("encoder-lr", "OC-NN, 50 epochs", 1e-5)]
-    assert folders[("objective", "same AE", "OC-NN z-only")] == folders[("nu", "OC-NN z-only", 0.01)]
+    shared = [(("objective", "same AE", "OC-NN joint (50 ep)"), ("encoder-lr", "OC-NN plain, 50 epochs", 1e-5)),
+              (("objective", "same AE", "OC-NN z-only"), ("nu", "OC-NN z-only plain", 0.01)),
+              (("objective", "same AE", "OC-NN joint, defaults (50 ep)"), ("encoder-lr", "OC-NN defaults, 50 epochs", 1e-4)),
+              (("objective", "same AE", "OC-NN z-only, defaults"), ("nu", "OC-NN z-only, defaults", 0.1))]
+    assert all(folders[a] == folders[b] for a, b in shared)
+    assert len(set(folders.values())) == len(folders) - len(shared)
 
 
 def test_exercises_checks_name_existing_tests():
