@@ -71,8 +71,9 @@ OCNN_Z_ONLY = [  # the encoder frozen: the encoder lr plays no part, clipping ha
     ("unit codes, nu 0.01", ocnn_flags(True, 0.5, 0.01, 1e-5)),
     ("raw codes, nu 0.1", ocnn_flags(False, 0.5, 0.1, 1e-5)),
     ("unit codes, nu 0.1 (defaults)", ocnn_flags(True, 0.5, 0.1, 1e-5))]
-# The seed lab's headline protocol: RCAE pretraining, OC-NN joint, 1% pollution, nu 0.01, unit codes, clip 0.5,
-# encoder lr 1e-5 (PAPERS.md 5b); then the same with run.py's OC-NN defaults.
+# The seed lab's headline protocol: RCAE pretraining, OC-NN joint, 1% pollution, nu 0.01, with its code's unit
+# codes and clipping 0.5, at the encoder lr of its README command (1e-5) and of its code (1e-4); then run.py's
+# OC-NN defaults (nu 0.1) on the same autoencoders.
 SEEDLAB = ["--pretrain", "rcae", "--pollution-rate", "0.01", "--joint"]
 OWN_BASES = dict.fromkeys(["ocnn-options", "seedlab"], ["--settings", "paper", "--out", "runs/ocnn",
                                                         "--normal-class", "0,1,2", "--seeds", "0", "1", "2"])
@@ -82,8 +83,10 @@ QUESTIONS = {
     "ocnn-options": ("OC-NN settings", [("joint", name, ["--joint"] + flags) for name, flags in OCNN_STEPS] +
                      [("z-only", name, flags) for name, flags in OCNN_Z_ONLY]),
     "seedlab": ("RCAE, OC-NN joint, 1% pollution", [
-        ("RCAE, joint, 1% pollution", "the seed lab's OC-NN settings", SEEDLAB + ocnn_flags(True, 0.5, 0.01, 1e-5)),
-        ("RCAE, joint, 1% pollution", "run.py's OC-NN defaults", SEEDLAB + ocnn_flags(True, 0.5, 0.1, 1e-4))]),
+        ("RCAE, joint, 1% pollution", "nu 0.01, encoder lr 1e-5 (its README)", SEEDLAB + ocnn_flags(True, 0.5, 0.01, 1e-5)),
+        ("RCAE, joint, 1% pollution", "nu 0.01, encoder lr 1e-4 (its code)", SEEDLAB + ocnn_flags(True, 0.5, 0.01, 1e-4)),
+        ("RCAE, joint, 1% pollution", "run.py's defaults (nu 0.1, encoder lr 1e-4)",
+         SEEDLAB + ocnn_flags(True, 0.5, 0.1, 1e-4))]),
     "pollution": ("pollution rate of the training set", [
         (name, p, AE_SHORT + ["--pollution-rate", str(p)] + extra)
         for name, extra in [("AE", []), ("RCAE (lambda 0.1)",
