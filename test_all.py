@@ -1506,6 +1506,8 @@ def test_ablations_every_variant_parses_and_shared_runs_share_folders():
               (("objective", "same AE", "OC-NN z-only, defaults"), ("nu", "OC-NN z-only, defaults", 0.1))]
     assert all(folders[a] == folders[b] for a, b in shared)
     assert len(set(folders.values())) == len(folders) - len(shared)
+    plain = {x: flags for _, x, flags in ablations.QUESTIONS["objective"][1]}["OC-NN z-only"]
+    assert [run.parse_config(ablations.variant_argv(d, plain)).nu for d in ("mnist", "cifar10")] == [0.01, 0.1]
 
 
 def test_exercises_checks_name_existing_tests():
