@@ -195,7 +195,9 @@ def plot(question, dataset, table, path):
     categorical = any(isinstance(x, str) for x in xs)
     classes = sorted({r["normal_class"] for r in table})
     rows = 2 if question == "nu" else 1
-    fig, axes = plt.subplots(rows, len(classes), figsize=(4.2 * len(classes), 3.6 * rows), squeeze=False)
+    long_labels = categorical and max(len(str(x)) for x in xs) > 20        # room for the labels below the axes
+    fig, axes = plt.subplots(rows, len(classes), figsize=(4.2 * len(classes), 3.6 * rows + 2.5 * long_labels),
+                             squeeze=False)
     for col, k in enumerate(classes):
         ax = axes[0][col]
         for series in dict.fromkeys(s for s, _, _ in variants):
@@ -216,7 +218,7 @@ def plot(question, dataset, table, path):
         ax.set_ylabel("AUROC % (mean +- std over seeds)")
         if categorical:
             ax.set_xticks(range(len(xs)))
-            ax.set_xticklabels(xs, rotation=30, ha="right")
+            ax.set_xticklabels(xs, rotation=75 if long_labels else 30, ha="right", fontsize=7 if long_labels else None)
         elif question == "encoder-lr":
             ax.set_xscale("symlog", linthresh=1e-6)
         ax.grid(alpha=0.3)
