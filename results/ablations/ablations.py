@@ -88,7 +88,8 @@ QUESTIONS = {
         ("RCAE, joint, 1% pollution", "nu 0.01, encoder lr 1e-5 (its README)", SEEDLAB + ocnn_flags(True, 0.5, 0.01, 1e-5)),
         ("RCAE, joint, 1% pollution", "nu 0.01, encoder lr 1e-4 (its code)", SEEDLAB + ocnn_flags(True, 0.5, 0.01, 1e-4)),
         ("RCAE, joint, 1% pollution", "run.py's defaults (nu 0.1, encoder lr 1e-4)",
-         SEEDLAB + ocnn_flags(True, 0.5, 0.1, 1e-4))]),
+         SEEDLAB + ocnn_flags(True, 0.5, 0.1, 1e-4)),
+        ("RCAE, z-only, 1% pollution", "nu 0.01, the encoder frozen", SEEDLAB[:-1] + ocnn_flags(True, 0.5, 0.01, 1e-4))]),
     "pollution": ("pollution rate of the training set", [
         (name, p, AE_SHORT + ["--pollution-rate", str(p)] + extra)
         for name, extra in [("AE", []), ("RCAE (lambda 0.1)",
