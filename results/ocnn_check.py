@@ -13,10 +13,12 @@ scores computed on the very same codes, those the head sees (z = phi(x), or z / 
                code scored, and Deep SVDD's score before any Deep SVDD training
 and cos(u, m), how close the learnt direction is to the mean code, and the norm of u (linear g only:
 '-' otherwise); then the mean length ||phi(x)|| of the raw codes of the normal and of the anomalous test
-images ("code norm") and the final offset r. The plain objective regularises the head (||w||, ||V||) but
-not the encoder (only weight decay), so joint training can raise y_hat and r by growing the codes instead
-of u: the norms show whether it did, and whether the anomalies' codes grew with the normal ones. With unit
-codes the head cannot see the length, r stays below ||u||, and the ranking is by angle alone.
+images ("code norm") and the final offset r; for a polluted training set, the regime also says how many
+of the anomalies mixed into it and how many normal images lie below r (the points the hinge's gradient
+comes from). The plain objective regularises the head (||w||, ||V||) but not the encoder (only weight
+decay), so joint training can raise y_hat and r by growing the codes instead of u: the norms show whether
+it did, and whether the anomalies' codes grew with the normal ones. With unit codes the head cannot see
+the length, r stays below ||u||, and the ranking is by angle alone.
 
 """
 import json
@@ -67,6 +69,10 @@ def check(run_dir, cfg):
     out["|z| normal"] = norm[d.y_test == 0].mean().item()
     out["|z| anomalous"] = norm[d.y_test == 1].mean().item()
     out["r"] = saved["r"]
+    if d.polluted.any():                                                     # where the hinge's gradient comes from
+        below = head(z_train) < saved["r"]                                   # (n,) the training points below r
+        out["polluted"] = f"{int((below & d.polluted).sum())} of the {int(d.polluted.sum())} anomalies and " \
+                          f"{int((below & ~d.polluted).sum())} normal images below r"
     return out
 
 
@@ -75,6 +81,7 @@ def row(cfg, res):
     regime += f", {cfg.ocnn_activation} g" if cfg.ocnn_activation != "linear" else ""
     regime += f", nu {cfg.nu:g}" + (", unit codes" if cfg.ocnn_normalize else "")
     regime += f", clip {cfg.ocnn_clip:g}" if cfg.ocnn_clip else ""
+    regime += f", pollution {cfg.pollution_rate:g}: {res['polluted']}" if "polluted" in res else ""
     print(f"| {cfg.normal_class} | {cfg.seed} | {regime} | {res['hyperplane']:.2f} | {res['mean-proj']:.2f} | "
           f"{res['sphere']:.2f} | {res['cos(u, m)']} | {res['|u|']} | "
           f"{res['|z| normal']:.1f} / {res['|z| anomalous']:.1f} | {res['r']:.1f} |")
