@@ -172,7 +172,8 @@ class Config:
 
 
 PLUMBING = ("device", "data_root", "out", "jobs", "checkpoint_seconds", "quiet")
-TYPES = {"nu": float, "ocnn_clip": float, "rep_dim": int, "ae_epochs": int, "ae_weight_decay": float, "svdd_weight_decay": float,
+TYPES = {"nu": float, "ocnn_clip": float,
+         "rep_dim": int, "ae_epochs": int, "ae_weight_decay": float, "svdd_weight_decay": float,
          "ae_init": str, "seeds": int, "ae_milestones": int, "svdd_milestones": int, "normal_class": str}
 
 

@@ -1226,7 +1226,8 @@ def test_run_bad_flag_exits_nonzero_with_message(argv, message, capsys):
 
 NUMERIC = [f for f in dataclasses.fields(run.Config) if f.type in (int, float)]
 ZERO_OK = {"pollution_rate", "seed", "ae_weight_decay", "svdd_weight_decay", "encoder_weight_decay", "rcae_lambda",
-           "svdd_warmup", "checkpoint_seconds", "ocnn_clip"}                      # the numeric fields where 0 means something
+           "svdd_warmup", "checkpoint_seconds",
+           "ocnn_clip"}                      # the numeric fields where 0 means something
 
 
 @pytest.mark.parametrize("value", ["-1", "0", "nan", "inf"])
@@ -1502,7 +1503,8 @@ def test_ablations_every_variant_parses_and_shared_runs_share_folders():
             folders[(question, series, x)] = run.sweep_folder(cfg)
     shared = [(("objective", "same AE", "OC-NN joint (50 ep)"), ("encoder-lr", "OC-NN plain, 50 epochs", 1e-5)),
               (("objective", "same AE", "OC-NN z-only"), ("nu", "OC-NN z-only plain", 0.01)),
-              (("objective", "same AE", "OC-NN joint, defaults (50 ep)"), ("encoder-lr", "OC-NN defaults, 50 epochs", 1e-4)),
+              (("objective", "same AE", "OC-NN joint, defaults (50 ep)"),
+               ("encoder-lr", "OC-NN defaults, 50 epochs", 1e-4)),
               (("objective", "same AE", "OC-NN z-only, defaults"), ("nu", "OC-NN z-only, defaults", 0.1))]
     assert all(folders[a] == folders[b] for a, b in shared)
     assert len(set(folders.values())) == len(folders) - len(shared)

@@ -85,11 +85,14 @@ QUESTIONS = {
     "ocnn-options": ("OC-NN settings", [("joint", name, ["--joint"] + flags) for name, flags in OCNN_STEPS] +
                      [("z-only", name, flags) for name, flags in OCNN_Z_ONLY]),
     "seedlab": ("RCAE, OC-NN joint, 1% pollution", [
-        ("RCAE, joint, 1% pollution", "nu 0.01, encoder lr 1e-5 (its README)", SEEDLAB + ocnn_flags(True, 0.5, 0.01, 1e-5)),
-        ("RCAE, joint, 1% pollution", "nu 0.01, encoder lr 1e-4 (its code)", SEEDLAB + ocnn_flags(True, 0.5, 0.01, 1e-4)),
+        ("RCAE, joint, 1% pollution", "nu 0.01, encoder lr 1e-5 (its README)",
+         SEEDLAB + ocnn_flags(True, 0.5, 0.01, 1e-5)),
+        ("RCAE, joint, 1% pollution", "nu 0.01, encoder lr 1e-4 (its code)",
+         SEEDLAB + ocnn_flags(True, 0.5, 0.01, 1e-4)),
         ("RCAE, joint, 1% pollution", "run.py's defaults (nu 0.1, encoder lr 1e-4)",
          SEEDLAB + ocnn_flags(True, 0.5, 0.1, 1e-4)),
-        ("RCAE, z-only, 1% pollution", "nu 0.01, the encoder frozen", SEEDLAB[:-1] + ocnn_flags(True, 0.5, 0.01, 1e-4))]),
+        ("RCAE, z-only, 1% pollution", "nu 0.01, the encoder frozen",
+         SEEDLAB[:-1] + ocnn_flags(True, 0.5, 0.01, 1e-4))]),
     "pollution": ("pollution rate of the training set", [
         (name, p, AE_SHORT + ["--pollution-rate", str(p)] + extra)
         for name, extra in [("AE", []), ("RCAE (lambda 0.1)",
@@ -108,7 +111,8 @@ QUESTIONS = {
         for name, plain in [("OC-NN plain, 50 epochs", PLAIN_OCNN), ("OC-NN defaults, 50 epochs", [])]
         for lr in [0, 1e-6, 1e-5, 1e-4]]),
     "nu": ("nu", [(name, nu, flags + ["--nu", str(nu)]) for nu in NUS for name, flags in
-                  [("soft-boundary SVDD (30 ep)", SOFT_NU), ("OC-NN z-only plain", ["--objective", "ocnn"] + PLAIN_OCNN),
+                  [("soft-boundary SVDD (30 ep)", SOFT_NU),
+                   ("OC-NN z-only plain", ["--objective", "ocnn"] + PLAIN_OCNN),
                    ("OC-NN z-only, defaults", ["--objective", "ocnn"])]]),
 }
 
