@@ -82,6 +82,7 @@ import time
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import ae as ae_lib
 import training
@@ -103,7 +104,7 @@ class OCNN(nn.Module):
 
     def forward(self, z):                                             # (B, D)
         if self.normalize:
-            z = z / z.norm(dim=1, keepdim=True).clamp_min(1e-8)       # z_bar on the unit sphere
+            z = F.normalize(z, dim=1, eps=1e-8)                       # z_bar = z / max(||z||, eps)
         return self.w(self.g(self.V(z))).squeeze(1)                   # (B,)  y_hat
 
 

@@ -89,6 +89,11 @@ SEED = Valid("an integer >= 0", lambda v: v >= 0)
 EPOCHS = Valid("epoch numbers >= 1 (none: a constant lr)", lambda v: all(e >= 1 for e in v))
 
 
+def on_off(name):
+    """A switch that can default to on: --<name> turns it on, --no-<name> off."""
+    return Valid(f"on (--{name}) or off (--no-{name})", lambda v: v in (True, False))
+
+
 def one_of(*choices):
     return Valid(" | ".join(choices), lambda v: v in choices)
 
@@ -139,7 +144,7 @@ class Config:
                        one_of("default", "dict", "theano"))
     bn_affine: bool = opt(None, "BatchNorm learns a scale and shift (a bias, which Deep SVDD's Prop. 2 "
                                 "excludes); None = paper: on (MNIST, as the Theano code); port: off",
-                          Valid("on (--bn-affine) or off (--no-bn-affine)", lambda v: v in (True, False)))
+                          on_off("bn-affine"))
     # stage 2a: Deep SVDD
     svdd_epochs: int = opt(150, "Deep SVDD epochs", COUNT)
     svdd_lr: float = opt(1e-4, "Deep SVDD Adam learning rate", POSITIVE)
@@ -154,8 +159,7 @@ class Config:
     ocnn_activation: str = opt("linear", "g of the hidden layer", one_of(*ocnn.ACTIVATIONS))
     ocnn_normalize: bool = opt(True, "OC-NN: the head sees z / ||z||, which bounds the objective (ocnn.py); "
                                      "--no-ocnn-normalize: the paper's plain objective",
-                               Valid("on (--ocnn-normalize) or off (--no-ocnn-normalize)",
-                                     lambda v: v in (True, False)))
+                               on_off("ocnn-normalize"))
     ocnn_clip: float = opt(None, "OC-NN: the largest gradient norm of a step; None = 0.5 with unit codes, 0 (no "
                                  "clipping) with raw codes", NONNEG)
     joint: bool = opt(False, "OC-NN: train the encoder too (else z-only: encoder frozen)")
@@ -195,7 +199,7 @@ def make_parser():
         valid = f.metadata["valid"]
         default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         text = f"{f.metadata['help']} (default: {default}" + (f"; valid: {valid.what})" if valid else ")")
-        if f.name in ("bn_affine", "ocnn_normalize"):
+        if f.type is bool and f.default is not False:                 # a switch that can be on: --no-<flag> too
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif f.type is bool:
             parser.add_argument(flag, action="store_true", default=None, help=text)
@@ -408,8 +412,10 @@ def sweep_folder(cfg):
     and the seed, so the same command with more classes or seeds fills the same folder (and a new OC-NN
     option leaves the folders of Deep SVDD sweeps where they were)."""
     skip = {"normal_class", "seed", "seeds", "settings", *PLUMBING}          # settings: its values are hashed
-    skip |= set(OCNN_FIELDS if cfg.objective != "ocnn" else ()) | set(SVDD_FIELDS if "svdd" not in cfg.objective
-                                                                        else ())
+    if cfg.objective != "ocnn":
+        skip |= set(OCNN_FIELDS)
+    if "svdd" not in cfg.objective:
+        skip |= set(SVDD_FIELDS)
     key = settings_key(cfg, [f.name for f in dataclasses.fields(cfg) if f.name not in skip])
     return os.path.join(cfg.out, f"sweep-{cfg.dataset}-{method_name(cfg).replace('+', '-')}-{key}")
 

@@ -36,7 +36,7 @@ import evaluate  # noqa: E402
 import ocnn  # noqa: E402
 import run  # noqa: E402
 
-PLAIN = [f.replace("{plain_nu}", ablations.PLAIN_NU["mnist"]) for f in ablations.PLAIN_OCNN]  # as measured
+PLAIN = ablations.with_plain_nu(ablations.PLAIN_OCNN, "mnist")              # what those runs were measured with
 REGIMES = [["--objective", "ocnn"] + PLAIN,                                  # z-only
            ["--objective", "ocnn", "--joint"] + PLAIN,                       # joint, 250 epochs
            ablations.OCNN_JOINT + PLAIN]                                     # joint, 50 epochs

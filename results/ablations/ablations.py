@@ -51,6 +51,11 @@ OCNN_JOINT = ["--objective", "ocnn", "--joint", "--encoder-lr", "1e-5"] + OCNN_S
 PLAIN_OCNN = ["--no-ocnn-normalize", "--nu", "{plain_nu}", "--encoder-lr", "1e-5"]
 PLAIN_NU = {"mnist": "0.01", "cifar10": "0.1"}
 
+
+def with_plain_nu(flags, dataset):
+    """The flags with PLAIN_OCNN's nu filled in for the dataset."""
+    return [f.replace("{plain_nu}", PLAIN_NU[dataset]) for f in flags]
+
 # OC-NN's settings (ocnn.py), MNIST only: on the default (Theano-settings) autoencoders of digits 0, 1, 2, the
 # digits the seed lab reports; these questions have a base of their own (OWN_BASES) in place of BASES, and
 # every variant names all four settings, so a change of run.py's defaults does not move it.
@@ -125,7 +130,7 @@ def variant_argv(dataset, flags, question=None):
             sys.exit(f"{question}: MNIST only")
         return OWN_BASES[question] + ["--quiet"] + flags
     b = BASES[dataset]
-    flags = [f.replace("{plain_nu}", PLAIN_NU[dataset]) for f in flags]
+    flags = with_plain_nu(flags, dataset)
     return (b["flags"] + ["--normal-class", ",".join(map(str, b["classes"])), "--seeds"] +
             [str(s) for s in b["seeds"]] + ["--quiet"] + flags + b.get("after", []))
 
