@@ -89,7 +89,7 @@ OWN_BASES = dict.fromkeys(["ocnn-options", "seedlab"], ["--settings", "paper", "
 QUESTIONS = {
     "ocnn-options": ("OC-NN settings", [("joint", name, ["--joint"] + flags) for name, flags in OCNN_STEPS] +
                      [("z-only", name, flags) for name, flags in OCNN_Z_ONLY]),
-    "seedlab": ("RCAE, OC-NN joint, 1% pollution", [
+    "seedlab": ("the seed lab's protocol (RCAE, 1% pollution): OC-NN settings", [
         ("RCAE, joint, 1% pollution", "nu 0.01, encoder lr 1e-5 (its README)",
          SEEDLAB + ocnn_flags(True, 0.5, 0.01, 1e-5)),
         ("RCAE, joint, 1% pollution", "nu 0.01, encoder lr 1e-4 (its code)",
