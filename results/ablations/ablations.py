@@ -73,11 +73,11 @@ OCNN_STEPS = [  # from the plain objective to run.py's defaults, one setting at 
     ("defaults, raw codes", ocnn_flags(False, 0.5, 0.1, 1e-4)),
     ("defaults, no clipping", ocnn_flags(True, 0, 0.1, 1e-4)),
     ("defaults, nu 0.01", ocnn_flags(True, 0.5, 0.01, 1e-4))]
-OCNN_Z_ONLY = [  # the encoder frozen: the encoder lr plays no part, clipping hardly any
+OCNN_Z_ONLY = [  # the encoder frozen: the encoder lr plays no part (the defaults' 1e-4 shares run.py's folder)
     ("plain (nu 0.01)", ocnn_flags(False, 0, 0.01, 1e-5)),
     ("unit codes, nu 0.01", ocnn_flags(True, 0.5, 0.01, 1e-5)),
     ("raw codes, nu 0.1", ocnn_flags(False, 0.5, 0.1, 1e-5)),
-    ("unit codes, nu 0.1 (defaults)", ocnn_flags(True, 0.5, 0.1, 1e-5))]
+    ("unit codes, nu 0.1 (defaults)", ocnn_flags(True, 0.5, 0.1, 1e-4))]
 # The seed lab's headline protocol: RCAE pretraining, OC-NN joint, 1% pollution, nu 0.01, with its code's unit
 # codes and clipping 0.5, at the encoder lr of its README command (1e-5) and of its code (1e-4); then run.py's
 # OC-NN defaults (nu 0.1) on the same autoencoders.
