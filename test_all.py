@@ -1226,8 +1226,7 @@ def test_run_bad_flag_exits_nonzero_with_message(argv, message, capsys):
 
 NUMERIC = [f for f in dataclasses.fields(run.Config) if f.type in (int, float)]
 ZERO_OK = {"pollution_rate", "seed", "ae_weight_decay", "svdd_weight_decay", "encoder_weight_decay", "rcae_lambda",
-           "svdd_warmup", "checkpoint_seconds",
-           "ocnn_clip"}                      # the numeric fields where 0 means something
+           "svdd_warmup", "checkpoint_seconds", "ocnn_clip"}     # the numeric fields where 0 means something
 
 
 @pytest.mark.parametrize("value", ["-1", "0", "nan", "inf"])
