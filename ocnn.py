@@ -73,7 +73,8 @@ Deviations and pitfalls avoided
     of the paper computed AUROC from sign-binarised scores; here the objective above and the continuous
     score r - y_hat.
   * r is the exact nu-quantile in the sense of `update_r`'s docstring; one lr schedule (x0.1 at
-    `lr_drop_epoch`) applies to the head and, in joint mode, to the encoder.
+    `lr_drop_epoch`) applies to the head and, in joint mode, to the encoder (`encoder_lr_drop=False`: the
+    encoder's lr stays, as in the seed lab's code).
 
 Read next: run.py, which compares this with svdd.py on the same pretrained encoder.
 """
@@ -137,13 +138,15 @@ def head_outputs(encoder, head, x=None, z=None, batch_size=500):
 
 def train_ocnn(encoder, x, *, joint=False, nu=0.01, epochs=250, lr=1e-4, lr_drop_epoch=100,
                encoder_lr=1e-5, encoder_weight_decay=1e-5, hidden=32, activation="linear",
-               normalize=False, clip=0.0, batch_size=200, seed=0, verbose=True, checkpoint=None):
+               encoder_lr_drop=True, normalize=False, clip=0.0, batch_size=200, seed=0, verbose=True,
+               checkpoint=None):
     """Train the OC-NN head (and, if `joint`, the encoder, in place) on the objective above.
 
     Returns (head, r, history); history per epoch: loss, r, frac_below (fraction of training outputs
     strictly below r after the r-step; at most nu by construction), lr, seconds. In z-only mode the
     encoder is left untouched (eval mode, no gradient, no BatchNorm statistics update).
     normalize: the head sees z / ||z|| (module docstring); clip: the largest gradient norm of a step (0: none).
+    encoder_lr_drop: in joint mode the encoder's lr drops x0.1 at `lr_drop_epoch` with the head's (else it stays).
     checkpoint: a training.Checkpoint to save the state at epoch ends and resume from, or None.
     """
     stage = "ocnn joint" if joint else "ocnn z-only"
@@ -185,6 +188,8 @@ def train_ocnn(encoder, x, *, joint=False, nu=0.01, epochs=250, lr=1e-4, lr_drop
                   "frac_below": (y_hat < r).float().mean().item(), "lr": optimizer.param_groups[0]["lr"],
                   "seconds": time.perf_counter() - start}
         scheduler.step()
+        if joint and not encoder_lr_drop:
+            optimizer.param_groups[1]["lr"] = encoder_lr               # only the head's lr drops
         history.append(record)
         checkpoint.save(history, epochs, {"r": r}, **state)
         if verbose:

@@ -165,6 +165,9 @@ class Config:
     joint: bool = opt(False, "OC-NN: train the encoder too (else z-only: encoder frozen)")
     encoder_lr: float = opt(1e-4, "OC-NN joint: the encoder's learning rate", POSITIVE)
     encoder_weight_decay: float = opt(1e-5, "OC-NN joint: the encoder's weight decay", NONNEG)
+    encoder_lr_drop: bool = opt(True, "OC-NN joint: the encoder's lr drops x0.1 with the head's; "
+                                      "--no-encoder-lr-drop keeps it (the seed lab's code)",
+                                on_off("encoder-lr-drop"))
     # plumbing: not part of a run's settings (not hashed into sweep folders or cache names)
     device: str = opt("auto", "auto picks CUDA when present", one_of("auto", "cpu", "cuda"))
     data_root: str = opt("data", "where the data sets are read, and downloaded when missing")
@@ -317,7 +320,8 @@ def one_class(cfg, d, model, checkpoint):
     banner(f"stage 2: OC-NN ({'joint' if cfg.joint else 'z-only'}, nu={cfg.nu})")
     head, r, history = ocnn.train_ocnn(phi, d.x_train, joint=cfg.joint, nu=cfg.nu, epochs=cfg.ocnn_epochs,
                                        lr=cfg.ocnn_lr, lr_drop_epoch=cfg.ocnn_lr_drop, encoder_lr=cfg.encoder_lr,
-                                       encoder_weight_decay=cfg.encoder_weight_decay, hidden=cfg.ocnn_hidden,
+                                       encoder_weight_decay=cfg.encoder_weight_decay,
+                                       encoder_lr_drop=cfg.encoder_lr_drop, hidden=cfg.ocnn_hidden,
                                        activation=cfg.ocnn_activation, normalize=cfg.ocnn_normalize,
                                        clip=cfg.ocnn_clip, **kw)
     return ocnn.ocnn_scores(phi, head, r, d.x_test), history, {"phi": phi.state_dict(),
@@ -403,7 +407,10 @@ def classes_of(cfg):
 
 
 OCNN_FIELDS = ("ocnn_epochs", "ocnn_lr", "ocnn_lr_drop", "ocnn_hidden", "ocnn_activation", "ocnn_normalize",
-               "ocnn_clip", "joint", "encoder_lr", "encoder_weight_decay")
+               "ocnn_clip", "joint", "encoder_lr", "encoder_weight_decay", "encoder_lr_drop")
+# settings added after sweeps were filled: hashed into the sweep folder only when changed, so the folders
+# of earlier sweeps keep their names
+LATER_FIELDS = {"encoder_lr_drop": True}
 SVDD_FIELDS = ("svdd_epochs", "svdd_lr", "svdd_milestones", "svdd_weight_decay", "svdd_warmup")
 
 
@@ -416,6 +423,7 @@ def sweep_folder(cfg):
         skip |= set(OCNN_FIELDS)
     if "svdd" not in cfg.objective:
         skip |= set(SVDD_FIELDS)
+    skip |= {name for name, default in LATER_FIELDS.items() if getattr(cfg, name) == default}
     key = settings_key(cfg, [f.name for f in dataclasses.fields(cfg) if f.name not in skip])
     return os.path.join(cfg.out, f"sweep-{cfg.dataset}-{method_name(cfg).replace('+', '-')}-{key}")
 

@@ -1065,6 +1065,26 @@ def test_ocnn_clip_caps_every_step_gradient_norm(monkeypatch):
             assert min(norms) > 1e-2
 
 
+def test_ocnn_encoder_lr_drop_off_drops_only_the_head_lr(monkeypatch):
+    # property: after the drop epoch the head's lr is x0.1; the encoder's is x0.1 too by default, and stays
+    # at encoder_lr with encoder_lr_drop=False (the seed lab's schedule)
+    lrs = []
+    step = torch.optim.Adam.step
+
+    def recording_step(self, *a, **kw):
+        lrs.append(tuple(g["lr"] for g in self.param_groups))
+        return step(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    for drop, encoder_after in ((True, 1e-4), (False, 1e-3)):
+        lrs.clear()
+        torch.manual_seed(0)
+        ocnn.train_ocnn(ae.build_encoder("mnist"), _images(20), joint=True, nu=0.1, epochs=2, lr=1e-2,
+                        lr_drop_epoch=1, encoder_lr=1e-3, encoder_lr_drop=drop, batch_size=20, verbose=False)
+        assert lrs[0] == (1e-2, 1e-3)
+        assert lrs[1] == pytest.approx((1e-3, encoder_after))
+
+
 def test_ocnn_score_sign():
     # property: s = r - y_hat, so a lower output scores as more anomalous
     head = ocnn.OCNN(rep_dim=2, hidden=2)
@@ -1185,6 +1205,9 @@ def test_run_sweep_folder_hashes_only_the_settings_the_method_uses():
     assert folder("--objective", "ocnn") != folder("--objective", "ocnn", "--ocnn-clip", "1")
     assert folder("--objective", "ocnn") == folder("--objective", "ocnn", "--svdd-epochs", "3")
     assert folder("--objective", "svdd") != folder("--objective", "svdd", "--svdd-epochs", "3")
+    # a setting added later is hashed only when changed: at its default the folder keeps its earlier name
+    assert folder("--objective", "ocnn", "--joint", "--no-encoder-lr-drop") != folder("--objective", "ocnn", "--joint")
+    assert run.sweep_folder(run.parse_config(["--objective", "ocnn", "--joint"])).endswith("-91342670703f")
 
 
 def test_run_ocnn_defaults_and_the_plain_objective_one_flag_away():

@@ -79,8 +79,9 @@ OCNN_Z_ONLY = [  # the encoder frozen: the encoder lr plays no part (the default
     ("raw codes, nu 0.1", ocnn_flags(False, 0.5, 0.1, 1e-5)),
     ("unit codes, nu 0.1 (defaults)", ocnn_flags(True, 0.5, 0.1, 1e-4))]
 # The seed lab's headline protocol: RCAE pretraining, OC-NN joint, 1% pollution, nu 0.01, with its code's unit
-# codes and clipping 0.5, at the encoder lr of its README command (1e-5) and of its code (1e-4); then run.py's
-# OC-NN defaults (nu 0.1) on the same autoencoders.
+# codes and clipping 0.5, at the encoder lr of its README command (1e-5) and of its code (1e-4, also with its
+# code's schedule, where the encoder lr does not drop); then run.py's OC-NN defaults (nu 0.1) on the same
+# autoencoders.
 SEEDLAB = ["--pretrain", "rcae", "--pollution-rate", "0.01", "--joint"]
 OWN_BASES = dict.fromkeys(["ocnn-options", "seedlab"], ["--settings", "paper", "--out", "runs/ocnn",
                                                         "--normal-class", "0,1,2", "--seeds", "0", "1", "2"])
@@ -94,6 +95,8 @@ QUESTIONS = {
          SEEDLAB + ocnn_flags(True, 0.5, 0.01, 1e-5)),
         ("RCAE, joint, 1% pollution", "nu 0.01, encoder lr 1e-4 (its code)",
          SEEDLAB + ocnn_flags(True, 0.5, 0.01, 1e-4)),
+        ("RCAE, joint, 1% pollution", "nu 0.01, encoder lr 1e-4 not dropping (its code's schedule)",
+         SEEDLAB + ocnn_flags(True, 0.5, 0.01, 1e-4) + ["--no-encoder-lr-drop"]),
         ("RCAE, joint, 1% pollution", "run.py's defaults (nu 0.1, encoder lr 1e-4)",
          SEEDLAB + ocnn_flags(True, 0.5, 0.1, 1e-4)),
         ("RCAE, z-only, 1% pollution", "nu 0.01, the encoder frozen",
