@@ -227,7 +227,8 @@ def plot(question, dataset, table, path):
                     axes[1][col].plot(pos, [r[key] for r in pts], style, color=bars[0].get_color(), label=f"{series}, "
                                       f"{'training' if 'train' in key else 'normal test'}")
         ax.set_title(f"{dataset} normal class {k}")
-        ax.set_xlabel(xlabel)
+        if not long_labels:                                               # else once below all panels
+            ax.set_xlabel(xlabel)
         ax.set_ylabel("AUROC % (mean +- std over seeds)")
         if categorical:
             ax.set_xticks(range(len(xs)))
@@ -241,6 +242,8 @@ def plot(question, dataset, table, path):
             axes[1][col].set_ylabel("fraction beyond R / below r")
             axes[1][col].grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
+    if long_labels:
+        fig.supxlabel(xlabel)
     if rows == 2:
         axes[1][0].legend(fontsize=6)
     fig.tight_layout()
