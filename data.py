@@ -18,6 +18,9 @@ reuse). One experiment per normal class k in 0..9:
   GCN and the constants are computed in float64, then the tensors are cast to float32: float64 reproduces
   the reference code's hard-coded constants (MNIST class 1: hi = 20.108062262467364) to 1e-15, float32
   misses hi by 5e-6.
+  scaling='image' is the seed lab's preprocessing instead (its OC-NN figures used it): each image min-max
+  scaled to [0, 1] on its own, x <- (x - min(x)) / (max(x) - min(x)). Any GCN before it cancels (an
+  affine map of each image with a positive scale), and no constant is shared between images.
 
 Image layout. The loaders return the files' bytes as numpy uint8, channel axis first where there is one:
 MNIST (N, 28, 28) (really (N, rows, cols) from the IDX header), CIFAR-10 (N, 3, 32, 32); labels int64 (N,).
@@ -344,7 +347,7 @@ class OneClassData:
     test_classes: torch.Tensor  # (10000,) int64, the original labels 0..9
     train_index: torch.Tensor   # (n,) int64, indices into the official training set, in x_train order
     polluted: torch.Tensor      # (n,) bool, True for the injected anomalies
-    scale: tuple                # (lo, hi): min and max of the training pixels after GCN
+    scale: tuple                # (lo, hi): min and max of the training pixels after GCN; (0, 1) per image
     dataset: str
     normal_class: int
 
@@ -358,10 +361,25 @@ def _to_float64(x):
     return x.unsqueeze(1) if x.dim() == 3 else x  # MNIST gets its channel axis C = 1
 
 
-def one_class_split(dataset, normal_class, pollution_rate=0.0, seed=0, root='data', device='cpu'):
-    """Deep SVDD's one-class experiment for `normal_class`, optionally polluted (see the module docstring)."""
+def minmax_per_image(x):
+    """Each image scaled to [0, 1] by its own min and max; a constant image maps to zeros, not NaN."""
+    dims = tuple(range(1, x.dim()))
+    lo = x.amin(dim=dims, keepdim=True)
+    span = x.amax(dim=dims, keepdim=True) - lo
+    return (x - lo).div_(span.clamp_min(torch.finfo(x.dtype).tiny))
+
+
+def one_class_split(dataset, normal_class, pollution_rate=0.0, seed=0, root='data', device='cpu',
+                    scaling='class'):
+    """Deep SVDD's one-class experiment for `normal_class`, optionally polluted (see the module docstring).
+
+    scaling: 'class' (the paper's GCN + min-max with the training set's two constants) or 'image' (the
+    seed lab's per-image min-max).
+    """
     if dataset not in _ARRAYS:
         raise ValueError(f'dataset must be one of {sorted(_ARRAYS)}, not {dataset!r}.')
+    if scaling not in ('class', 'image'):
+        raise ValueError(f"scaling must be 'class' or 'image', not {scaling!r}.")
     if isinstance(normal_class, bool) or not isinstance(normal_class, (int, np.integer)) \
             or not 0 <= normal_class <= 9:
         raise ValueError(f'normal_class must be an integer class label in 0..9, not {normal_class!r}.')
@@ -380,9 +398,14 @@ def one_class_split(dataset, normal_class, pollution_rate=0.0, seed=0, root='dat
     injected = np.sort(rng.choice(others, size=k_p, replace=False))  # uniform, without replacement
     train_index = np.concatenate([normal, injected])  # normal first, then the anomalies
 
-    x_train = gcn_l1(_to_float64(x_all[train_index]))  # (n, C, H, W) float64
-    x_test = gcn_l1(_to_float64(x_te))  # (10000, C, H, W) float64
-    lo, hi = x_train.min().item(), x_train.max().item()  # over ALL pixels of the train set
+    if scaling == 'image':
+        x_train = minmax_per_image(_to_float64(x_all[train_index]))
+        x_test = minmax_per_image(_to_float64(x_te))
+        lo, hi = 0.0, 1.0  # no shared constants: (0, 1) leaves the images as they are below
+    else:
+        x_train = gcn_l1(_to_float64(x_all[train_index]))  # (n, C, H, W) float64
+        x_test = gcn_l1(_to_float64(x_te))  # (10000, C, H, W) float64
+        lo, hi = x_train.min().item(), x_train.max().item()  # over ALL pixels of the train set
     dev = torch.device(device)
     return OneClassData(
         x_train=((x_train - lo) / (hi - lo)).to(dev, torch.float32),

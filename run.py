@@ -123,6 +123,8 @@ class Config:
                     Valid("a number in (0, 1]", lambda v: finite(v) and 0 < v <= 1))
     pollution_rate: float = opt(0.0, "fraction of anomalies mixed into the training set",
                                 Valid("a number in [0, 1)", lambda v: finite(v) and 0 <= v < 1))
+    scaling: str = opt("class", "class = GCN, then min-max with the training set's two constants (the papers); "
+                                "image = each image min-max scaled alone (the seed lab's)", one_of("class", "image"))
     seed: int = opt(0, "seeds torch, numpy, the batch order and the pollution draw", SEED)
     seeds: list = opt(None, "several seeds make a sweep, e.g. --seeds 0 1 2",
                       Valid("one or more integers >= 0", lambda v: len(v) > 0 and all(s >= 0 for s in v)))
@@ -258,14 +260,20 @@ PRETRAIN_FIELDS = ("dataset", "pollution_rate", "seed", "rep_dim", "batch_size",
                    "bn_affine")
 
 
+def ae_cache_path(cfg, normal_class):
+    """<out>/ae-cache/<dataset>-<pretrain>-<hash>-class<k>.pt: the hash covers the data and the pretraining."""
+    fields = [f for f in PRETRAIN_FIELDS if cfg.pretrain == "rcae" or not f.startswith("rcae_")]
+    fields += [f for f in ("scaling",) if getattr(cfg, f) != LATER_FIELDS[f]]  # old cache names kept
+    key = settings_key(cfg, fields) + f"-class{normal_class}"
+    return os.path.join(cfg.out, "ae-cache", f"{cfg.dataset}-{cfg.pretrain}-{key}.pt")
+
+
 def pretrain(cfg, d, device):
     """Stage 1: the autoencoder (or RCAE), from the cache when the same data, settings and seed came before.
 
     Returns (autoencoder, history, extra) where extra holds RCAE's per-image ||N_i||_1 figures.
     """
-    fields = [f for f in PRETRAIN_FIELDS if cfg.pretrain == "rcae" or not f.startswith("rcae_")]
-    key = settings_key(cfg, fields) + f"-class{d.normal_class}"
-    path = os.path.join(cfg.out, "ae-cache", f"{cfg.dataset}-{cfg.pretrain}-{key}.pt")
+    path = ae_cache_path(cfg, d.normal_class)
     seed_all(cfg.seed)                                                # weight init depends on the seed only
     model = ae.build_autoencoder(cfg.dataset, cfg.rep_dim, cfg.bn_affine).to(device)
     banner(f"stage 1: pretraining ({cfg.pretrain}) on {len(d.x_train)} training images")
@@ -392,7 +400,7 @@ def run_one(cfg, run_dir, device):
 
 def load_split(cfg, normal_class, device):
     """The one-class data; downloads the dataset into --data-root first when its files are missing."""
-    args = (cfg.dataset, normal_class, cfg.pollution_rate, cfg.seed, cfg.data_root, device)
+    args = (cfg.dataset, normal_class, cfg.pollution_rate, cfg.seed, cfg.data_root, device, cfg.scaling)
     try:
         return data.one_class_split(*args)
     except data.MissingData:
@@ -410,7 +418,7 @@ OCNN_FIELDS = ("ocnn_epochs", "ocnn_lr", "ocnn_lr_drop", "ocnn_hidden", "ocnn_ac
                "ocnn_clip", "joint", "encoder_lr", "encoder_weight_decay", "encoder_lr_drop")
 # settings added after sweeps were filled: hashed into the sweep folder only when changed, so the folders
 # of earlier sweeps keep their names
-LATER_FIELDS = {"encoder_lr_drop": True}
+LATER_FIELDS = {"encoder_lr_drop": True, "scaling": "class"}
 SVDD_FIELDS = ("svdd_epochs", "svdd_lr", "svdd_milestones", "svdd_weight_decay", "svdd_warmup")
 
 
@@ -493,7 +501,8 @@ def unfinished_run(cfg):
         config, done = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "metrics.json")
         if os.path.exists(config) and not os.path.exists(done):
             with open(config) as f:
-                if {k: v for k, v in json.load(f).items() if k not in PLUMBING} == same:
+                saved = {**LATER_FIELDS, **json.load(f)}                   # older folders lack later fields
+                if {k: v for k, v in saved.items() if k not in PLUMBING} == same:
                     return run_dir
     return None
 

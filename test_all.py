@@ -266,6 +266,17 @@ def test_data_mnist_scale_constants_match_reference(k, lo, hi):
     assert abs(got[0] - lo) < 1e-6 and abs(got[1] - hi) < 1e-6, got
 
 
+def test_data_per_image_scaling_spans_each_image_alone(tmp_path):
+    # property: scaling='image' maps every train and test image to exactly [0, 1] on its own; a bad name fails
+    _tiny_mnist(str(tmp_path))
+    d = data.one_class_split('mnist', 4, root=str(tmp_path), scaling='image')
+    for x in (d.x_train, d.x_test):
+        flat = x.flatten(1)
+        assert torch.all(flat.amin(1) == 0.0) and torch.allclose(flat.amax(1), torch.ones(len(x)))
+    with pytest.raises(ValueError, match="scaling must be 'class' or 'image'"):
+        data.one_class_split('mnist', 4, root=str(tmp_path), scaling='pixel')
+
+
 def test_data_split_layout_and_unit_interval(tmp_path):
     # property: train/test are float32 (N, 1, H, W); the train set spans exactly [0, 1]
     _tiny_mnist(str(tmp_path))
@@ -1208,6 +1219,16 @@ def test_run_sweep_folder_hashes_only_the_settings_the_method_uses():
     # a setting added later is hashed only when changed: at its default the folder keeps its earlier name
     assert folder("--objective", "ocnn", "--joint", "--no-encoder-lr-drop") != folder("--objective", "ocnn", "--joint")
     assert run.sweep_folder(run.parse_config(["--objective", "ocnn", "--joint"])).endswith("-91342670703f")
+    assert folder("--objective", "svdd", "--scaling", "image") != folder("--objective", "svdd", "--scaling", "class")
+
+
+def test_run_ae_cache_keyed_on_the_scaling_old_names_kept():
+    # property: an autoencoder trained on per-image scaled data is never reused for the default scaling,
+    # and at the default the cache name is the one earlier versions wrote (a pinned CIFAR-10 entry)
+    def path(*flags):
+        return run.ae_cache_path(run.parse_config(["--dataset", "cifar10", "--settings", "port", *flags]), 0)
+    assert path().endswith("cifar10-ae-27c9ae44206c-class0.pt")
+    assert path("--scaling", "image") != path()
 
 
 def test_run_ocnn_defaults_and_the_plain_objective_one_flag_away():
