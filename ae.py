@@ -260,7 +260,10 @@ def dictionary_filters(x, n_filters, size, *, alpha=1.0, iters=30, n_patches=200
     D = F.normalize(P[torch.randperm(len(P), generator=g)[:n_filters]], dim=1)
     for _ in range(iters):
         A = sparse_code(P, D, alpha)                                      # (n, n_filters)
-        D = torch.linalg.solve(A.T @ A + 1e-6 * torch.eye(n_filters), A.T @ P)
+        try:
+            D = torch.linalg.solve(A.T @ A + 1e-6 * torch.eye(n_filters), A.T @ P)
+        except torch.linalg.LinAlgError:                                  # atoms coded identically (images
+            D = torch.linalg.lstsq(A, P, driver="gelsd").solution         # with large blank areas): min-norm
         unused = A.abs().sum(0) == 0
         D[unused] = P[torch.randint(len(P), (int(unused.sum()),), generator=g)]
         D = F.normalize(D, dim=1)

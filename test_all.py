@@ -266,6 +266,16 @@ def test_data_mnist_scale_constants_match_reference(k, lo, hi):
     assert abs(got[0] - lo) < 1e-6 and abs(got[1] - hi) < 1e-6, got
 
 
+def test_ae_dictionary_filters_survive_identical_atoms():
+    # property: images that are blank but for one small square (many identical patches, so atoms coded
+    # identically) still give finite unit-norm filters instead of a singular solve
+    x = torch.zeros(50, 1, 28, 28)
+    x[:, :, 10:14, 10:14] = torch.rand(50, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    D = ae.dictionary_filters(x, 8, 5, iters=3)
+    assert D.shape == (8, 1, 5, 5) and torch.isfinite(D).all()
+    assert torch.allclose(D.flatten(1).norm(dim=1), torch.ones(8), atol=1e-5)
+
+
 def test_data_per_image_scaling_spans_each_image_alone(tmp_path):
     # property: scaling='image' maps every train and test image to exactly [0, 1] on its own; a bad name fails
     _tiny_mnist(str(tmp_path))
