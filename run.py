@@ -55,7 +55,8 @@ OBJECTIVES = ("svdd", "soft-svdd", "ocnn", "ae")
 # to the Deep SVDD paper's Table 1; on MNIST those of the paper's own (Theano) code: Glorot + dictionary
 # start, BatchNorm with a learned scale and shift, a constant autoencoder lr, weight decays 1e-3 / 1e-6
 # (results/README.md, "MNIST reproduction"). "port": the PyTorch port's (Deep-SVDD-PyTorch README). On
-# CIFAR-10 only the port's settings have been measured, so both names give them.
+# CIFAR-10 the Theano code's settings measured worse than the port's (results/README.md, section 4.2), so
+# both names give the port's.
 PORT = {
     "mnist": dict(rep_dim=32, ae_epochs=150, ae_milestones=[50], ae_weight_decay=0.5e-3, svdd_weight_decay=0.5e-6,
                   ae_init="default", bn_affine=False),
