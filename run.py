@@ -256,15 +256,15 @@ def settings_key(cfg, fields):
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-PRETRAIN_FIELDS = ("dataset", "pollution_rate", "seed", "rep_dim", "batch_size", "pretrain", "ae_epochs",
-                   "ae_lr", "ae_milestones", "ae_weight_decay", "rcae_lambda", "rcae_iters", "ae_init",
-                   "bn_affine")
+PRETRAIN_FIELDS = ("dataset", "pollution_rate", "scaling", "seed", "rep_dim", "batch_size", "pretrain",
+                   "ae_epochs", "ae_lr", "ae_milestones", "ae_weight_decay", "rcae_lambda", "rcae_iters",
+                   "ae_init", "bn_affine")
 
 
 def ae_cache_path(cfg, normal_class):
     """<out>/ae-cache/<dataset>-<pretrain>-<hash>-class<k>.pt: the hash covers the data and the pretraining."""
-    fields = [f for f in PRETRAIN_FIELDS if cfg.pretrain == "rcae" or not f.startswith("rcae_")]
-    fields += [f for f in ("scaling",) if getattr(cfg, f) != LATER_FIELDS[f]]  # old cache names kept
+    fields = [f for f in PRETRAIN_FIELDS if (cfg.pretrain == "rcae" or not f.startswith("rcae_"))
+              and not (f in LATER_FIELDS and getattr(cfg, f) == LATER_FIELDS[f])]  # as in sweep_folder
     key = settings_key(cfg, fields) + f"-class{normal_class}"
     return os.path.join(cfg.out, "ae-cache", f"{cfg.dataset}-{cfg.pretrain}-{key}.pt")
 
