@@ -1565,6 +1565,22 @@ def test_ablations_every_variant_parses_and_shared_runs_share_folders():
     assert [run.parse_config(ablations.variant_argv(d, plain)).nu for d in ("mnist", "cifar10")] == [0.01, 0.1]
 
 
+def test_ablations_report_keeps_recorded_rows_of_variants_not_rerun(tmp_path):
+    # property: a report keeps the CSV rows of variants with no finished run on this machine (x back in its
+    # QUESTIONS type), drops those a fresh run replaces and those of variants no longer defined
+    sys.path.insert(0, os.path.join(HERE, "results", "ablations"))
+    import ablations
+    path = tmp_path / "mnist-nu.csv"
+    path.write_text("series,x,normal_class,n_seeds,seeds,auroc_mean,auroc_std,seconds_mean\n"
+                    "OC-NN z-only plain,0.05,2,3,0 1 2,61.5,4.0,9.0\n"
+                    "OC-NN z-only plain,0.05,5,3,0 1 2,70.0,2.0,9.0\n"
+                    "a series since removed,0.05,2,3,0 1 2,50.0,1.0,9.0\n")
+    fresh = [{"series": "OC-NN z-only plain", "x": 0.05, "normal_class": 5, "auroc_mean": 71.0}]
+    kept = ablations.kept_rows("nu", str(path), fresh)
+    assert kept == [{"series": "OC-NN z-only plain", "x": 0.05, "normal_class": 2, "n_seeds": 3, "seeds": "0 1 2",
+                     "auroc_mean": 61.5, "auroc_std": 4.0, "seconds_mean": 9.0}]
+
+
 def test_exercises_checks_name_existing_tests():
     # property: every `pytest -k "a or b"` check in EXERCISES.md picks at least one test of this file per term
     import re

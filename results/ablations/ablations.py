@@ -99,6 +99,8 @@ QUESTIONS = {
          SEEDLAB + ocnn_flags(True, 0.5, 0.01, 1e-4) + ["--no-encoder-lr-drop"]),
         ("RCAE, joint, 1% pollution", "run.py's defaults (nu 0.1, encoder lr 1e-4)",
          SEEDLAB + ocnn_flags(True, 0.5, 0.1, 1e-4)),
+        ("RCAE, joint, 1% pollution", "nu 0.01, encoder lr 1e-4, per-image scaling (its preprocessing)",
+         SEEDLAB + ocnn_flags(True, 0.5, 0.01, 1e-4) + ["--scaling", "image"]),
         ("RCAE, z-only, 1% pollution", "nu 0.01, the encoder frozen",
          SEEDLAB[:-1] + ocnn_flags(True, 0.5, 0.01, 1e-4))]),
     "pollution": ("pollution rate of the training set", [
@@ -251,15 +253,40 @@ def plot(question, dataset, table, path):
     plt.close(fig)
 
 
+def kept_rows(question, path, table):
+    """The rows of the CSV already at `path` whose variant is still in QUESTIONS but has no finished run on
+    this machine (run folders are scratch, the CSV is the record): a report after a partial rerun, or on a
+    fresh clone, keeps what was measured before instead of dropping it."""
+    if not os.path.exists(path):
+        return []
+    xs = {str(x): x for _, x, _ in QUESTIONS[question][1]}
+    series = {s for s, _, _ in QUESTIONS[question][1]}
+    have = {(r["series"], str(r["x"]), r["normal_class"]) for r in table}
+    kept = []
+    for r in csv.DictReader(open(path)):
+        key = (r["series"], r["x"], int(r["normal_class"]))
+        if r["series"] not in series or r["x"] not in xs or key in have:
+            continue
+        row = {"series": r["series"], "x": xs[r["x"]], "normal_class": key[2], "n_seeds": int(r["n_seeds"]),
+               "seeds": r["seeds"]}
+        row.update({c: float(v) for c, v in r.items() if c not in row and v != ""})
+        kept.append(row)
+    return kept
+
+
 def report(dataset):
-    """results/ablations/<dataset>-<question>.csv and .png for every question with finished runs."""
+    """results/ablations/<dataset>-<question>.csv and .png for every question with finished runs (rows of
+    variants not rerun here are kept from the CSV, see kept_rows)."""
     for question in QUESTIONS:
         if question in OWN_BASES and dataset != "mnist":
             continue
+        stem = os.path.join(HERE, f"{dataset}-{question}")
         table = summarize(collect(question, dataset))
+        table += kept_rows(question, stem + ".csv", table)
+        order = [(s, str(x)) for s, x, _ in QUESTIONS[question][1]]
+        table.sort(key=lambda r: (order.index((r["series"], str(r["x"]))), r["normal_class"]))
         if not table:
             continue
-        stem = os.path.join(HERE, f"{dataset}-{question}")
         cols = list(dict.fromkeys(c for r in table for c in r))
         with open(stem + ".csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=cols)
