@@ -81,7 +81,8 @@ OCNN_Z_ONLY = [  # the encoder frozen: the encoder lr plays no part (the default
 # The seed lab's headline protocol: RCAE pretraining, OC-NN joint, 1% pollution, nu 0.01, with its code's unit
 # codes and clipping 0.5, at the encoder lr of its README command (1e-5) and of its code (1e-4, also with its
 # code's schedule, where the encoder lr does not drop); then run.py's OC-NN defaults (nu 0.1) on the same
-# autoencoders.
+# autoencoders; then both on the plain autoencoder, which is what its RCAE is (one outer iteration: N never
+# feeds back into the training).
 SEEDLAB = ["--pretrain", "rcae", "--pollution-rate", "0.01", "--joint"]
 OWN_BASES = dict.fromkeys(["ocnn-options", "seedlab"], ["--settings", "paper", "--out", "runs/ocnn",
                                                         "--normal-class", "0,1,2", "--seeds", "0", "1", "2"])
@@ -102,7 +103,10 @@ QUESTIONS = {
         ("RCAE, joint, 1% pollution", "nu 0.01, encoder lr 1e-4, per-image scaling (its preprocessing)",
          SEEDLAB + ocnn_flags(True, 0.5, 0.01, 1e-4) + ["--scaling", "image"]),
         ("RCAE, z-only, 1% pollution", "nu 0.01, the encoder frozen",
-         SEEDLAB[:-1] + ocnn_flags(True, 0.5, 0.01, 1e-4))]),
+         SEEDLAB[:-1] + ocnn_flags(True, 0.5, 0.01, 1e-4)),
+        ("AE, joint, 1% pollution", "nu 0.01, encoder lr 1e-4 (its code)", SEEDLAB[2:] + ocnn_flags(True, 0.5, 0.01, 1e-4)),
+        ("AE, joint, 1% pollution", "run.py's defaults (nu 0.1, encoder lr 1e-4)",
+         SEEDLAB[2:] + ocnn_flags(True, 0.5, 0.1, 1e-4))]),
     "pollution": ("pollution rate of the training set", [
         (name, p, AE_SHORT + ["--pollution-rate", str(p)] + extra)
         for name, extra in [("AE", []), ("RCAE (lambda 0.1)",
