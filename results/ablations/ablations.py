@@ -100,6 +100,8 @@ QUESTIONS = {
          SEEDLAB + ocnn_flags(True, 0.5, 0.01, 1e-4) + ["--no-encoder-lr-drop"]),
         ("RCAE, joint, 1% pollution", "run.py's defaults (nu 0.1, encoder lr 1e-4)",
          SEEDLAB + ocnn_flags(True, 0.5, 0.1, 1e-4)),
+        ("RCAE, joint, 1% pollution", "nu 0.01, encoder lr 1e-4, no encoder weight decay (its code)",
+         SEEDLAB + ocnn_flags(True, 0.5, 0.01, 1e-4) + ["--encoder-weight-decay", "0"]),
         ("RCAE, joint, 1% pollution", "nu 0.01, encoder lr 1e-4, per-image scaling (its preprocessing)",
          SEEDLAB + ocnn_flags(True, 0.5, 0.01, 1e-4) + ["--scaling", "image"]),
         ("RCAE, z-only, 1% pollution", "nu 0.01, the encoder frozen",
