@@ -269,6 +269,11 @@ def ae_cache_path(cfg, normal_class):
     return os.path.join(cfg.out, "ae-cache", f"{cfg.dataset}-{cfg.pretrain}-{key}.pt")
 
 
+def partial_path(cache_path):
+    """Where an unfinished pretraining saves its state, beside its cache entry."""
+    return cache_path[:-len(".pt")] + "-partial.pt"
+
+
 def pretrain(cfg, d, device):
     """Stage 1: the autoencoder (or RCAE), from the cache when the same data, settings and seed came before.
 
@@ -290,7 +295,7 @@ def pretrain(cfg, d, device):
             conv1 = model.encoder.conv1
             conv1.weight.copy_(ae.dictionary_filters(d.x_train, conv1.out_channels, conv1.kernel_size[0],
                                                      seed=cfg.seed))
-    checkpoint = training.Checkpoint(path[:-len(".pt")] + "-partial.pt", cfg.checkpoint_seconds)
+    checkpoint = training.Checkpoint(partial_path(path), cfg.checkpoint_seconds)
     kw = dict(lr=cfg.ae_lr, weight_decay=cfg.ae_weight_decay, milestones=cfg.ae_milestones,
               batch_size=cfg.batch_size, seed=cfg.seed, verbose=not cfg.quiet, checkpoint=checkpoint)
     extra = {}
@@ -359,6 +364,8 @@ def write_json(path, obj):
 def run_one(cfg, run_dir, device):
     """One experiment (one normal class, one seed) into run_dir. Returns the metrics dict."""
     start = time.perf_counter()
+    earlier = training.spent_seconds(partial_path(ae_cache_path(cfg, int(cfg.normal_class))),
+                                     os.path.join(run_dir, "checkpoint.pt"))   # > 0: an interrupted run resumes
     seed_all(cfg.seed)
     d = load_split(cfg, int(cfg.normal_class), device)
     os.makedirs(os.path.join(run_dir, "plots"), exist_ok=True)
@@ -391,7 +398,8 @@ def run_one(cfg, run_dir, device):
     evaluate.plot_extremes(d.x_test.cpu().numpy(), scores, labels, os.path.join(plots, "extremes.png"),
                            title=name)
     metrics.update(extra, normal_class=d.normal_class, seed=cfg.seed, n_train=len(d.x_train),
-                   scale=list(d.scale), device=str(device), seconds=round(time.perf_counter() - start, 2))
+                   scale=list(d.scale), device=str(device), seconds=round(time.perf_counter() - start + earlier, 2),
+                   seconds_before_resume=round(earlier, 2))
     write_json(os.path.join(run_dir, "metrics.json"), metrics)        # last: marks the run finished
     checkpoint.remove()
     print(f"\nAUROC {100 * metrics['auroc']:.2f}  AP {100 * metrics['average_precision']:.2f}  "
@@ -524,7 +532,8 @@ def write_summary(folder, rows, cfg):
     """summary.csv (one row per class) and summary.md: AUROC mean +- std over seeds, mean over classes.
 
     std is the population standard deviation over the seeds (numpy's default). seconds is the mean wall
-    time of a run; a run whose autoencoder came from the cache did not pay for pretraining.
+    time of a run (a resumed run's includes the epochs saved before it stopped); a run whose autoencoder came
+    from the cache did not pay for pretraining.
     """
     by_class = {}
     for m in rows:

@@ -1332,7 +1332,8 @@ run.main(sys.argv[2:])
 
 def test_run_killed_twice_resumes_to_the_same_weights_and_auroc(tiny_root, tmp_path):
     # property: a run killed in pretraining and again in Deep SVDD, started again with the same command each
-    # time, ends with the weights, scores and AUROC of an uninterrupted run, and leaves no checkpoint behind
+    # time, ends with the weights, scores and AUROC of an uninterrupted run, leaves no checkpoint behind, and
+    # counts in its seconds the epochs saved before the kill
     killer = tmp_path / "killer.py"
     killer.write_text(KILLER.format(here=HERE))
     args = ["--data-root", tiny_root, "--settings", "port", "--normal-class", "3", "--ae-epochs", "6",
@@ -1351,8 +1352,10 @@ def test_run_killed_twice_resumes_to_the_same_weights_and_auroc(tiny_root, tmp_p
     assert (run_dir / "scores.csv").read_text() == (whole / "scores.csv").read_text()
     a, b = (torch.load(d / "model.pt", weights_only=True) for d in (run_dir, whole))
     assert all(torch.equal(a["phi"][k], b["phi"][k]) for k in b["phi"]) and torch.equal(a["c"], b["c"])
-    auroc = lambda d: json.loads((d / "metrics.json").read_text())["auroc"]
-    assert auroc(run_dir) == auroc(whole)
+    metrics = lambda d: json.loads((d / "metrics.json").read_text())
+    assert metrics(run_dir)["auroc"] == metrics(whole)["auroc"]
+    assert metrics(whole)["seconds_before_resume"] == 0
+    assert 0 < metrics(run_dir)["seconds_before_resume"] < metrics(run_dir)["seconds"]   # saved before the kill
     assert not list((tmp_path / "cut").rglob("*checkpoint.pt")) + list((tmp_path / "cut").rglob("*-partial.pt"))
 
 

@@ -97,6 +97,17 @@ class Checkpoint:
             os.remove(self.path)
 
 
+def spent_seconds(*paths):
+    """The epoch seconds an interrupted run already spent, summed from the histories its checkpoints hold
+    (0 where none is saved): added to a resumed run's own wall time, its `seconds` count the whole run."""
+    total = 0.0
+    for path in paths:
+        if os.path.exists(path):
+            history = torch.load(path, map_location="cpu", weights_only=True)["history"]
+            total += sum(record.get("seconds", 0.0) for record in history)
+    return total
+
+
 class NoCheckpoint:
     """The default: nothing is saved or restored."""
 
