@@ -1,7 +1,8 @@
 """Run Deep-SVDD-PyTorch (lukasruff/Deep-SVDD-PyTorch, commit 1901612) on this project's CIFAR-10 batches.
 
 Its code asks for an older torchvision than the torch this project uses: this script makes the few
-adjustments that need, without editing its files, then runs its `src/main.py` with the arguments given.
+adjustments that this needs, without editing its files, then runs its `src/main.py` with the arguments
+given. Pass `--lr_milestone` and `--ae_lr_milestone` explicitly: today's click rejects their defaults.
 
     # a separate environment: this project's torch, plus what the reference code imports
     python -m venv --system-site-packages <env> && <env>/bin/pip install --no-deps torchvision==0.28.0
