@@ -270,6 +270,26 @@ def dictionary_filters(x, n_filters, size, *, alpha=1.0, iters=30, n_patches=200
     return D.reshape(n_filters, x.shape[1], size, size)
 
 
+INITS = ("default", "dict", "theano")
+
+
+def initialise(ae, init, x, seed=0):
+    """The autoencoder's start before any training (run.py --ae-init), in place:
+
+      default  PyTorch's initialisation, as the PyTorch port (nothing to do)
+      dict     the first convolution's filters from a sparse dictionary of x's patches (dictionary_filters)
+      theano   Glorot-uniform weights (glorot_init), then dict: the paper's Theano code
+    """
+    if init not in INITS:
+        raise ValueError(f"unknown initialisation {init!r}: one of {INITS}")
+    if init == "theano":
+        glorot_init(ae)
+    if init in ("dict", "theano"):
+        conv1 = ae.encoder.conv1
+        with torch.no_grad():
+            conv1.weight.copy_(dictionary_filters(x, conv1.out_channels, conv1.kernel_size[0], seed=seed))
+
+
 # ---------------------------------------------------------------------------------------------------
 # The DCAE loss and score
 # ---------------------------------------------------------------------------------------------------
@@ -279,21 +299,26 @@ def reconstruction_error(x_hat, x):
     return ((x_hat - x) ** 2).flatten(1).sum(dim=1)
 
 
+def dcae_loss(x_hat, x):
+    """The DCAE loss of a batch: L = 1/B sum_i ||x_i - x_hat_i||^2."""
+    return reconstruction_error(x_hat, x).mean()
+
+
 # ---------------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------------
 
-def train_epoch(ae, x, target, optimizer, generator, batch_size):
-    """One pass over the data: minimise 1/B sum_i ||target_i - ae(x_i)||^2 per batch; returns the mean loss.
+def train_epoch(ae, x, loss_fn, optimizer, generator, batch_size):
+    """One pass over the data: a gradient step on loss_fn(ae(x_B), B) per mini-batch B; returns the mean loss.
 
+    loss_fn(x_hat, idx) is the stage's own loss of the batch x[idx]: `dcae_loss` here, RCAE's in rcae.py.
     Each batch is an index slice of a permutation drawn from `generator` (training.batches).
     """
     ae.train()
     total = 0.0
     for idx in training.batches(len(x), batch_size, generator):
         idx = idx.to(x.device)
-        x_hat = ae(x[idx])                                              # (B, C, H, W)
-        loss = reconstruction_error(x_hat, target[idx]).mean()          # 1/B sum_i ||target_i - x_hat_i||^2
+        loss = loss_fn(ae(x[idx]), idx)                                 # x_hat: (B, C, H, W)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -301,13 +326,14 @@ def train_epoch(ae, x, target, optimizer, generator, batch_size):
     return total / len(x)
 
 
-def train_autoencoder(ae, x, *, epochs=150, lr=1e-4, weight_decay=0.5e-3, milestones=(50,),
-                      batch_size=200, seed=0, verbose=True, stage="pretrain ae", checkpoint=None):
+def train_autoencoder(ae, x, *, epochs, weight_decay, milestones, lr=1e-4, batch_size=200, seed=0, verbose=True,
+                      stage="pretrain ae", checkpoint=None):
     """Train `ae` to reconstruct `x`; returns the per-epoch history [{epoch, loss, lr, seconds}, ...].
 
-    L = 1/B sum_i ||x_i - ae(x_i)||^2, minimised by Adam with weight decay (PyTorch's weight_decay is
-    half the paper's lambda), the lr multiplied by 0.1 after each milestone epoch (reference schedule,
-    Deep-SVDD-PyTorch README). `x` stays on its device; batches are index slices of a seeded permutation.
+    L = 1/B sum_i ||x_i - ae(x_i)||^2 (dcae_loss), minimised by Adam with weight decay (PyTorch's weight_decay
+    is half the paper's lambda), the lr multiplied by 0.1 after each milestone epoch (reference schedule,
+    Deep-SVDD-PyTorch README). epochs, weight_decay and milestones have no default: run.py's depend on the
+    data set and --settings. `x` stays on its device; batches are index slices of a seeded permutation.
     checkpoint: a training.Checkpoint to save the state at epoch ends and resume from (None: no saving).
     """
     ae.to(x.device)
@@ -318,7 +344,7 @@ def train_autoencoder(ae, x, *, epochs=150, lr=1e-4, weight_decay=0.5e-3, milest
     history, _ = checkpoint.restore(**state)
     for epoch in range(len(history) + 1, epochs + 1):
         start = time.perf_counter()
-        loss = train_epoch(ae, x, x, optimizer, generator, batch_size)
+        loss = train_epoch(ae, x, lambda x_hat, idx: dcae_loss(x_hat, x[idx]), optimizer, generator, batch_size)
         record = {"epoch": epoch, "loss": training.check_finite(loss, stage, epoch),
                   "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
         scheduler.step()

@@ -80,6 +80,7 @@ def bench(dataset, normal_class, device, reps, warmup, batch_size):
     x, x_test, n = d.x_train, d.x_test, len(d.x_train)
     epochs = warmup + reps
     quiet = dict(batch_size=batch_size, verbose=False)
+    port = dict(weight_decay=0.5e-3, milestones=[50])    # the PyTorch port's MNIST autoencoder settings
     torch.manual_seed(0)
     model = ae.build_autoencoder(dataset).to(device)
     # FLOP of one training step of each network on one batch, forward and backward.
@@ -92,7 +93,7 @@ def bench(dataset, normal_class, device, reps, warmup, batch_size):
     n_batches = -(-n // batch_size)
 
     rows = []
-    hist = ae.train_autoencoder(model, x, epochs=epochs, **quiet)
+    hist = ae.train_autoencoder(model, x, epochs=epochs, **port, **quiet)
     rows.append(("AE training epoch", epoch_seconds(hist, warmup), n, step_ae * n_batches))
     rows.append(("RCAE N-step", timed(lambda: rcae.n_step(model, x, 0.1), device, reps, 1), n,
                  fwd_ae * n / len(x_test)))
@@ -102,7 +103,7 @@ def bench(dataset, normal_class, device, reps, warmup, batch_size):
     fast_ops.UPSAMPLE = False
     plain = ae.build_autoencoder(dataset).to(device)
     step_plain = count_flops(lambda: ae.reconstruction_error(plain(xb), xb).mean().backward())
-    hist = ae.train_autoencoder(plain, x, epochs=epochs, **quiet)
+    hist = ae.train_autoencoder(plain, x, epochs=epochs, **port, **quiet)
     rows.append(("  same, plain deconv(up2(x))", epoch_seconds(hist, warmup), n, step_plain * n_batches))
     rows.append(("  scoring, plain deconv(up2(x))", timed(lambda: ae.reconstruction_scores(plain, x_test),
                                                           device, reps, 1), len(x_test),
@@ -112,10 +113,12 @@ def bench(dataset, normal_class, device, reps, warmup, batch_size):
     rows.append(("  scoring, F.max_pool2d", timed(lambda: ae.reconstruction_scores(model, x_test), device,
                                                   reps, 1), len(x_test), fwd_ae))
     fast_ops.POOL = True
-    c, R, hist = svdd.train_svdd(ae.encoder_copy(model), x, objective="one-class", epochs=epochs, **quiet)
+    c, R, hist = svdd.train_svdd(ae.encoder_copy(model), x, objective="one-class", epochs=epochs, weight_decay=0.5e-6,
+                                 **quiet)
     rows.append(("Deep SVDD epoch (one-class)", epoch_seconds(hist, warmup), n, step_phi * n_batches))
     phi = ae.encoder_copy(model)
-    c, R, hist = svdd.train_svdd(phi, x, objective="soft-boundary", epochs=epochs, warmup=1, **quiet)
+    c, R, hist = svdd.train_svdd(phi, x, objective="soft-boundary", epochs=epochs, warmup=1, weight_decay=0.5e-6,
+                                 **quiet)
     rows.append(("Deep SVDD epoch (soft-boundary)", epoch_seconds(hist, warmup), n,
                  step_phi * n_batches + fwd_phi * n / len(x_test)))
     rows.append(("Deep SVDD scoring the test set", timed(lambda: svdd.svdd_scores(phi, c, x_test, R), device,
@@ -157,8 +160,10 @@ def pooling_ab(dataset, device, pairs, batch_size):
     model = ae.build_autoencoder(dataset).to(device)
     phi = ae.encoder_copy(model)
     quiet = dict(epochs=1, batch_size=batch_size, verbose=False)
-    stages = {"AE training epoch": lambda: ae.train_autoencoder(model, x, **quiet)[0]["seconds"],
-              "Deep SVDD epoch (one-class)": lambda: svdd.train_svdd(phi, x, **quiet)[2][0]["seconds"]}
+    stages = {"AE training epoch": lambda: ae.train_autoencoder(model, x, weight_decay=0.5e-3, milestones=[50],
+                                                                **quiet)[0]["seconds"],
+              "Deep SVDD epoch (one-class)": lambda: svdd.train_svdd(phi, x, weight_decay=0.5e-6,
+                                                                     **quiet)[2][0]["seconds"]}
     print(f"\n{dataset}, normal class 0: training pooling, fast_ops.MaxPool2 / F.max_pool2d, paired epochs")
     for name, epoch in stages.items():
         ratios = []

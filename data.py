@@ -114,8 +114,8 @@ def _mnist_cached(images_key, labels_key):  # keyed by (path, size, mtime): a re
     return x, y
 
 
-def _mnist_arrays(root, train):
-    """Find the two files (gzipped preferred) and read them once per process."""
+def _mnist_paths(root, train):
+    """The two IDX files of one split (gzipped preferred), or MissingData saying what to put where."""
     folder = os.path.join(root, 'mnist')
     prefix = 'train' if train else 't10k'
     paths, missing = [], []
@@ -127,7 +127,12 @@ def _mnist_arrays(root, train):
     if missing:
         raise MissingData(f'MNIST files missing: put {", ".join(missing)} (gzipped or raw) in {folder}/, '
                           f'or run data.download("mnist", {root!r}) to fetch them.')
-    return _mnist_cached(*map(_file_key, paths))
+    return paths
+
+
+def _mnist_arrays(root, train):
+    """Read the two files once per process."""
+    return _mnist_cached(*map(_file_key, _mnist_paths(root, train)))
 
 
 def load_mnist(root, train=True):
@@ -199,8 +204,8 @@ def _cifar_cached(keys, binary):  # keys: _file_key of each batch file, in batch
     return x, y
 
 
-def _cifar_arrays(root, train):
-    """Official pickles if their folder exists, else the binary records; read once per process."""
+def _cifar_paths(root, train):
+    """The batch files of one split: the official pickles if their folder exists, else the binary records."""
     folder = os.path.join(root, 'cifar10', 'cifar-10-batches-py')
     binary = not os.path.isdir(folder)
     if binary:
@@ -211,13 +216,46 @@ def _cifar_arrays(root, train):
         raise MissingData(f'CIFAR-10 files missing: put {", ".join(missing)} in {folder}/ (extract the '
                           f'official archive into {os.path.join(root, "cifar10")}/), or run '
                           f'data.download("cifar10", {root!r}).')
-    return _cifar_cached(tuple(_file_key(os.path.join(folder, n)) for n in names), binary)
+    return [os.path.join(folder, n) for n in names]
+
+
+def _cifar_arrays(root, train):
+    """Read the batches once per process."""
+    paths = _cifar_paths(root, train)
+    return _cifar_cached(tuple(map(_file_key, paths)), paths[0].endswith('.bin'))
 
 
 def load_cifar10(root, train=True):
     """CIFAR-10 batches under <root>/cifar10/ -> uint8 (N, 3, 32, 32), int64 (N,). Fresh copies."""
     x, y = _cifar_arrays(root, train)
     return x.copy(), y.copy()
+
+
+# ---------------------------------------------------------------- what the data is: its files' fingerprint
+
+_PATHS = {'mnist': _mnist_paths, 'cifar10': _cifar_paths}
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256(key):  # key: _file_key(path), so a replaced file is hashed again
+    h = hashlib.sha256()
+    with open(key[0], 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(dataset, root):
+    """A short SHA-256 over the names and bytes of every file `dataset` is read from under `root`.
+
+    run.py keys what it saves by it (autoencoder cache, sweep folders, the resume match) beside the settings,
+    so that a run on other data never passes for one on these. Each file is hashed once per process (MNIST:
+    about 0.1 s, CIFAR-10: 0.5 s). MissingData if the files are not there.
+    """
+    h = hashlib.sha256()
+    for path in _PATHS[dataset](root, True) + _PATHS[dataset](root, False):
+        h.update(f'{os.path.basename(path)} {_sha256(_file_key(path))}\n'.encode())
+    return h.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- download

@@ -274,8 +274,8 @@ def plot_extremes(images, scores, labels, path, k=16, title=''):
         raise ValueError('plot_extremes: there are no normal (label 0) images to rank.')
     order = normal[np.argsort(s[normal], kind='stable')]      # normal images, lowest score first
     k = min(k, normal.size)
-    groups = [('most normal: the lowest scores', order[:k]),
-              ('most anomalous: the highest scores', order[::-1][:k])]
+    groups = [(f'normal test images with the {k} lowest scores (most typical)', order[:k]),
+              (f'normal test images with the {k} highest scores (least typical)', order[::-1][:k])]
     ncols = min(k, 8)
     nrows = math.ceil(k / ncols)
     h, w = images.shape[2:]
@@ -290,7 +290,7 @@ def plot_extremes(images, scores, labels, path, k=16, title=''):
                     va='center', fontsize=7)
         ax.set_title(name, fontsize=10, fontweight='bold')
         ax.axis('off')
-    fig.suptitle(title or f'the {k} lowest and {k} highest scored of {normal.size} normal test images',
-                 fontsize=10)
+    every = f'every image here is a normal test image (label 0): {min(2 * k, normal.size)} of the {normal.size}'
+    fig.suptitle(f'{title}\n{every}' if title else every, fontsize=10)
     fig.text(0.5, 0.005, 'number under each image = its anomaly score', ha='center', fontsize=8)
     return _save(fig, path)

@@ -10,8 +10,8 @@ Objective (the paper's eq. for RCAE):
     min_{theta, N}  ||X - N - AE_theta(X)||_F^2  +  mu/2 ||theta||^2  +  lambda ||N||_1
 
 Alternating optimisation, T outer iterations, starting from N = 0:
-    (a) theta-step: E epochs of autoencoder training (ae.train_epoch) on the target X - N;
-        mu/2 ||theta||^2 is the optimiser's weight decay;
+    (a) theta-step: E epochs of Adam on rcae_loss, 1/B sum_i ||X_i - N_i - AE(X_i)||^2 over each batch, N fixed
+        (ae.train_epoch runs the batches); mu/2 ||theta||^2 is the optimiser's weight decay;
     (b) N-step, in closed form: N <- S_{lambda/2}(X - AE_theta(X)), elementwise,
         with the soft threshold  S_t(b) = sign(b) * max(|b| - t, 0).
         Why lambda/2: for one entry, min_n (b - n)^2 + lambda |n| has the solution S_{lambda/2}(b)
@@ -50,21 +50,27 @@ def soft_threshold(x, t):
     return torch.sign(x) * torch.clamp(x.abs() - t, min=0)
 
 
+def rcae_loss(x_hat, x, N):
+    """(a) the theta-step's loss of a batch: 1/B sum_i ||X_i - N_i - AE(X_i)||^2 (N fixed; x_hat = AE(X))."""
+    return ae_lib.reconstruction_error(x_hat, x - N).mean()           # the AE reconstructs X - N, not X
+
+
 def n_step(ae, x, lam):
     """(b) N <- S_{lam/2}(X - AE(X)), the closed-form minimiser over N; returns (N, residual X - AE(X))."""
     residual = x - ae_lib.reconstruct(ae, x)                          # (n, C, H, W)  X - AE(X)
     return soft_threshold(residual, lam / 2), residual                # sparse: only large residuals survive
 
 
-def train_rcae(ae, x, *, lam=0.1, outer_iters=5, epochs_per_iter=30, lr=1e-4, weight_decay=0.5e-3,
-               milestones=(50,), batch_size=200, seed=0, verbose=True, stage="pretrain rcae", checkpoint=None):
+def train_rcae(ae, x, *, epochs_per_iter, weight_decay, milestones, lam=0.1, outer_iters=5, lr=1e-4,
+               batch_size=200, seed=0, verbose=True, stage="pretrain rcae", checkpoint=None):
     """Alternate E autoencoder epochs on X - N with the N-step N <- S_{lam/2}(X - AE(X)), T times.
 
     Returns (ae, N, history); history has one record per epoch ({epoch, loss, lr, seconds} as the AE),
     and the record that closes each outer iteration adds the N-step's figures: `outer` (t), `recon`
     (mean_i ||X_i - AE(X_i)||^2), `objective` (mean_i ||X_i - N_i - AE(X_i)||^2 + lam ||N_i||_1),
     `N_l1` (||N||_1 over the whole training set), `N_l1_per_image` and `N_nonzero` (fraction of
-    non-zero entries of N). checkpoint: a training.Checkpoint (saves N too), or None.
+    non-zero entries of N). checkpoint: a training.Checkpoint (saves N too), or None. epochs_per_iter,
+    weight_decay and milestones have no default: run.py's depend on the data set and --settings.
     """
     ae.to(x.device)
     N = torch.zeros_like(x)                                           # start with no outliers
@@ -79,7 +85,8 @@ def train_rcae(ae, x, *, lam=0.1, outer_iters=5, epochs_per_iter=30, lr=1e-4, we
     for epoch in range(len(history) + 1, epochs + 1):
         start = time.perf_counter()
         # (a) theta-step: the autoencoder learns to reconstruct X - N, the part that is not outlier.
-        loss = ae_lib.train_epoch(ae, x, x - N, optimizer, generator, batch_size)
+        loss = ae_lib.train_epoch(ae, x, lambda x_hat, idx: rcae_loss(x_hat, x[idx], N[idx]), optimizer,
+                                  generator, batch_size)
         record = {"epoch": epoch, "loss": training.check_finite(loss, stage, epoch),
                   "lr": optimizer.param_groups[0]["lr"]}
         scheduler.step()

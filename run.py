@@ -1,30 +1,35 @@
-"""One command from data to plots: pretrain -> one-class objective -> scores -> metrics and a run folder.
+"""One experiment, top to bottom: Config -> data -> pretraining -> one-class objective -> scores -> run folder.
 
-    python run.py --objective svdd                       # MNIST, normal class 0, Deep SVDD (one-class)
+    python run.py --settings port --ae-epochs 10 --svdd-epochs 10   # MNIST digit 0 in about 20 s on a CPU
+    python run.py --objective svdd                 # the same at the paper's settings (150 + 150 epochs)
     python run.py --objective ocnn --joint --pretrain rcae --pollution-rate 0.05
-    python run.py --objective svdd --normal-class all --seeds 0 1 2 --jobs 2   # a resumable sweep + summary
-    python run.py --settings port                        # the PyTorch port's settings (Deep-SVDD-PyTorch)
 
-Every default lives in `Config` below, with its valid values beside it (one check, `resolve`, enforces
-them all); the flags are made from its fields. Fields left at None take the values of `--settings` for the
-chosen dataset (`PRESETS`). This is the only file that knows every other one:
-data.py -> ae.py | rcae.py -> svdd.py | ocnn.py -> evaluate.py.
+Many experiments (class lists, `all`, several seeds, parallel jobs, summaries): sweep.py, which calls
+`run_experiment` below once per (class, seed). Read this file top to bottom: the settings (`Config`), the
+science (`pretrain`, `one_class`), then what is saved. From here to any loss is one file: ae.py, rcae.py,
+svdd.py or ocnn.py.
 
-Run folder: <out>/<time>-<dataset>-<class>-<pretrain>-<objective>/ with config.json, history.json,
-scores.csv (test index, label, score), model.pt, plots/ and, written last and atomically, metrics.json:
-a folder without metrics.json is an unfinished run. A sweep (--normal-class all or 0,2,5, and/or --seeds ...)
-writes its runs into <out>/sweep-<dataset>-<pretrain>-<objective>-<hash of the settings>/ under fixed
-names, skips those that finished when started again, and writes summary.csv and summary.md.
-Pretrained autoencoders are cached in <out>/ae-cache/, keyed on the data, the pretraining settings and
-the seed, so a comparison of objectives pretrains once.
+The methods, one name each: the flags, the name in folders and in the CSVs' `method` column, the prose:
 
-Interrupted runs: every training loop saves its state at epoch ends (training.Checkpoint, at most every
---checkpoint-seconds): the autoencoder's beside its cache entry, the objective's in the run folder. The
-same command started again resumes a sweep's runs, or the newest unfinished single run of the same
-settings, from the last saved epoch, and ends with the weights of an uninterrupted run.
+    --objective svdd             <pretrain>+svdd         one-class Deep SVDD           svdd.py
+    --objective soft-svdd        <pretrain>+soft-svdd    soft-boundary Deep SVDD       svdd.py
+    --objective ocnn             <pretrain>+ocnn         OC-NN z-only (encoder frozen) ocnn.py
+    --objective ocnn --joint     <pretrain>+ocnn-joint   OC-NN joint                   ocnn.py
+    --objective ae               <pretrain>+ae           DCAE (reconstruction error)   ae.py
+    --pretrain ae | rcae         the representation: the autoencoder (ae.py) or the robust one (rcae.py)
+
+What is saved, each file written whole (training.save_torch, write_json), keyed by the settings the run
+uses (`USES`) and by its data (the root and data.fingerprint of its files):
+
+    <out>/<time>-<dataset>-<class>-<method>/   config.json, history.json, scores.csv, model.pt, plots/ and,
+                                               last, metrics.json: a folder without it is unfinished
+    <out>/ae-cache/<dataset>-<pretrain>-<key>-class<k>.pt   pretrained autoencoders, shared by objectives
+
+Interrupted (Ctrl-C, a kill): the same command finds the newest unfinished folder of the same settings and
+data and resumes it; each training loop continues from its last checkpoint (training.Checkpoint) to the
+weights of an uninterrupted run. A process trains in a run folder alone (training.Lock).
 """
 import argparse
-import concurrent.futures
 import contextlib
 import csv
 import dataclasses
@@ -33,10 +38,8 @@ import glob
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -86,7 +89,6 @@ def finite(v):
 POSITIVE = Valid("a finite number > 0", lambda v: finite(v) and v > 0)
 NONNEG = Valid("a finite number >= 0", lambda v: finite(v) and v >= 0)
 COUNT = Valid("an integer >= 1", lambda v: v >= 1)
-SEED = Valid("an integer >= 0", lambda v: v >= 0)
 EPOCHS = Valid("epoch numbers >= 1 (none: a constant lr)", lambda v: all(e >= 1 for e in v))
 
 
@@ -109,52 +111,51 @@ def opt(default, help, valid=None, factory=False):
 
 @dataclasses.dataclass
 class Config:
-    # what to run
+    # data
     dataset: str = opt("mnist", "the data set", one_of("mnist", "cifar10"))
-    normal_class: str = opt("0", "the normal class; 'all' or a list sweeps those classes",
-                            Valid("0..9, 'all' or a list such as 0,2,5",
-                                  lambda v: v == "all" or all(p.isdigit() and int(p) <= 9 for p in v.split(","))))
-    pretrain: str = opt("ae", "the representation (stage 1)", one_of("ae", "rcae"))
-    objective: str = opt("svdd", "one-class / soft-boundary Deep SVDD, OC-NN, or the DCAE reconstruction error",
-                         one_of(*OBJECTIVES))
-    settings: str = opt("paper", "fills the fields left at None: paper = closest to Deep SVDD's Table 1 "
-                                 "(MNIST: the Theano code's settings), port = Deep-SVDD-PyTorch's",
-                        one_of("paper", "port"))
-    nu: float = opt(0.1, "soft-svdd / ocnn: the fraction of training points allowed beyond R / below r",
-                    Valid("a number in (0, 1]", lambda v: finite(v) and 0 < v <= 1))
+    normal_class: int = opt(0, "the normal class (sweep.py runs several)", Valid("0..9", lambda v: 0 <= v <= 9))
     pollution_rate: float = opt(0.0, "fraction of anomalies mixed into the training set",
                                 Valid("a number in [0, 1)", lambda v: finite(v) and 0 <= v < 1))
     scaling: str = opt("class", "class = GCN, then min-max with the training set's two constants (the papers); "
                                 "image = each image min-max scaled alone (the seed lab's)", one_of("class", "image"))
-    seed: int = opt(0, "seeds torch, numpy, the batch order and the pollution draw", SEED)
-    seeds: list = opt(None, "several seeds make a sweep, e.g. --seeds 0 1 2",
-                      Valid("one or more integers >= 0", lambda v: len(v) > 0 and all(s >= 0 for s in v)))
+    seed: int = opt(0, "seeds torch, numpy, the batch order and the pollution draw",
+                    Valid("an integer in [0, 2^32)", lambda v: 0 <= v < 2 ** 32))
+    data_root: str = opt("data", "where the data sets are read, and downloaded when missing",
+                         Valid("a folder name", lambda v: v != ""))
+    # pretraining (stage 1)
+    pretrain: str = opt("ae", "the representation: the autoencoder or the robust one", one_of("ae", "rcae"))
+    settings: str = opt("paper", "fills the fields left at None: paper = closest to Deep SVDD's Table 1 "
+                                 "(MNIST: the Theano code's settings), port = Deep-SVDD-PyTorch's",
+                        one_of("paper", "port"))
     rep_dim: int = opt(None, "code size; None = 32 MNIST / 128 CIFAR-10",
                        Valid("a multiple of 16 (the decoder views z as rep_dim/16 x 4 x 4)",
                              lambda v: v >= 16 and v % 16 == 0))
     batch_size: int = opt(200, "mini-batch size of every stage", COUNT)
-    # stage 1: autoencoder pretraining (DCAE), and RCAE's sparse part
     ae_epochs: int = opt(None, "None = 150 MNIST / 350 CIFAR-10", COUNT)
     ae_lr: float = opt(1e-4, "Adam learning rate of the autoencoder", POSITIVE)
     ae_milestones: list = opt(None, "lr x0.1 after these epochs; None = paper: none (MNIST), [250] "
                                     "(CIFAR-10); port: [50] / [250]", EPOCHS)
     ae_weight_decay: float = opt(None, "None = paper: 1e-3 MNIST; port: 0.5e-3 MNIST; 0.5e-6 CIFAR-10", NONNEG)
-    rcae_lambda: float = opt(0.1, "l1 weight of N; threshold lambda/2", NONNEG)
-    rcae_iters: int = opt(5, "outer iterations T; each runs ae_epochs / T epochs", COUNT)
     ae_init: str = opt(None, "None = paper: theano (MNIST); port: default. default: PyTorch's init; dict: "
                              "the first convolution from a dictionary of image patches (the Theano code's "
-                             "--weight_dict_init); theano: Glorot-uniform (ae.glorot_init), then dict",
-                       one_of("default", "dict", "theano"))
+                             "--weight_dict_init); theano: Glorot-uniform, then dict (ae.initialise)",
+                       one_of(*ae.INITS))
     bn_affine: bool = opt(None, "BatchNorm learns a scale and shift (a bias, which Deep SVDD's Prop. 2 "
                                 "excludes); None = paper: on (MNIST, as the Theano code); port: off",
                           on_off("bn-affine"))
-    # stage 2a: Deep SVDD
+    rcae_lambda: float = opt(0.1, "RCAE: l1 weight of N; threshold lambda/2", NONNEG)
+    rcae_iters: int = opt(5, "RCAE: outer iterations T; each runs ae_epochs / T epochs", COUNT)
+    # objective (stage 2)
+    objective: str = opt("svdd", "one-class / soft-boundary Deep SVDD, OC-NN, or the DCAE reconstruction error",
+                         one_of(*OBJECTIVES))
+    nu: float = opt(0.1, "soft-svdd / ocnn: the fraction of training points allowed beyond R / below r",
+                    Valid("a number in (0, 1]", lambda v: finite(v) and 0 < v <= 1))
     svdd_epochs: int = opt(150, "Deep SVDD epochs", COUNT)
     svdd_lr: float = opt(1e-4, "Deep SVDD Adam learning rate", POSITIVE)
     svdd_milestones: list = opt(lambda: [50], "Deep SVDD lr x0.1 after these epochs", EPOCHS, factory=True)
     svdd_weight_decay: float = opt(None, "lambda/2 of eq. 3-4; None = paper: 1e-6 MNIST; port: 0.5e-6", NONNEG)
-    svdd_warmup: int = opt(10, "soft-svdd: epochs with R = 0 before R is set", SEED)
-    # stage 2b: OC-NN
+    svdd_warmup: int = opt(10, "soft-svdd: epochs with R = 0 before R is set (below --svdd-epochs)",
+                           Valid("an integer >= 0", lambda v: v >= 0))
     ocnn_epochs: int = opt(250, "OC-NN epochs", COUNT)
     ocnn_lr: float = opt(1e-4, "OC-NN head learning rate", POSITIVE)
     ocnn_lr_drop: int = opt(100, "head lr x0.1 after this epoch", COUNT)
@@ -171,20 +172,37 @@ class Config:
     encoder_lr_drop: bool = opt(True, "OC-NN joint: the encoder's lr drops x0.1 with the head's; "
                                       "--no-encoder-lr-drop keeps it (the seed lab's code)",
                                 on_off("encoder-lr-drop"))
-    # plumbing: not part of a run's settings (not hashed into sweep folders or cache names)
+    # run: where and how, not what (not part of a run's identity)
     device: str = opt("auto", "auto picks CUDA when present", one_of("auto", "cpu", "cuda"))
-    data_root: str = opt("data", "where the data sets are read, and downloaded when missing")
-    out: str = opt("runs", "where run folders, sweeps and the autoencoder cache go")
-    jobs: int = opt(1, "a sweep's runs in this many processes, the CPU threads split between them", COUNT)
+    out: str = opt("runs", "where run folders, sweeps and the autoencoder cache go",
+                   Valid("a folder name", lambda v: v != ""))
     checkpoint_seconds: float = opt(60.0, "save the training state at the first epoch end after this many "
                                           "seconds (0: every epoch); a run started again resumes from it", NONNEG)
     quiet: bool = opt(False, "no per-epoch lines")
 
 
-PLUMBING = ("device", "data_root", "out", "jobs", "checkpoint_seconds", "quiet")
-TYPES = {"nu": float, "ocnn_clip": float,
-         "rep_dim": int, "ae_epochs": int, "ae_weight_decay": float, "svdd_weight_decay": float,
-         "ae_init": str, "seeds": int, "ae_milestones": int, "svdd_milestones": int, "normal_class": str}
+GROUPS = {"dataset": "data", "pretrain": "pretraining (stage 1)", "objective": "objective (stage 2)",
+          "device": "run"}                                            # the first field of each --help group
+PLUMBING = ("data_root", "device", "out", "checkpoint_seconds", "quiet")  # the data root counts by its identity
+TYPES = {"nu": float, "ocnn_clip": float, "rep_dim": int, "ae_epochs": int, "ae_weight_decay": float,
+         "svdd_weight_decay": float, "ae_init": str, "ae_milestones": int, "svdd_milestones": int}
+
+# Which settings each choice uses; the rest serve every run. A flag given for a run that does not use it
+# gets a one-line warning, and only used settings key a sweep folder, a cache entry and the resume match.
+USES = [
+    (("rcae_lambda", "rcae_iters"), "--pretrain rcae", lambda c: c.pretrain == "rcae"),
+    (("nu",), "--objective soft-svdd or ocnn", lambda c: c.objective in ("soft-svdd", "ocnn")),
+    (("svdd_epochs", "svdd_lr", "svdd_milestones", "svdd_weight_decay"), "--objective svdd or soft-svdd",
+     lambda c: c.objective in ("svdd", "soft-svdd")),
+    (("svdd_warmup",), "--objective soft-svdd", lambda c: c.objective == "soft-svdd"),
+    (("ocnn_epochs", "ocnn_lr", "ocnn_lr_drop", "ocnn_hidden", "ocnn_activation", "ocnn_normalize", "ocnn_clip",
+      "joint"), "--objective ocnn", lambda c: c.objective == "ocnn"),
+    (("encoder_lr", "encoder_weight_decay", "encoder_lr_drop"), "--objective ocnn --joint",
+     lambda c: c.objective == "ocnn" and c.joint),
+]
+PRETRAIN_FIELDS = ("dataset", "normal_class", "pollution_rate", "scaling", "seed", "pretrain", "rep_dim",
+                   "batch_size", "ae_epochs", "ae_lr", "ae_milestones", "ae_weight_decay", "ae_init", "bn_affine",
+                   "rcae_lambda", "rcae_iters")                       # what the autoencoder depends on
 
 
 class UserError(Exception):
@@ -194,125 +212,164 @@ class UserError(Exception):
 class Parser(argparse.ArgumentParser):
     def error(self, message):
         """argparse's own errors (unknown flag, a value that is not a number) in one line, exit status 2."""
-        self.exit(2, f"error: {message} (python run.py --help lists the flags)\n")
+        self.exit(2, f"error: {message} (python {self.prog} --help lists the flags)\n")
 
 
-def make_parser():
-    """argparse flags generated from Config's fields: ae_lr -> --ae-lr, bool -> a switch, list -> nargs."""
-    parser = Parser(description="Deep one-class anomaly detection: Deep SVDD and OC-NN.")
+def one_class_arg(text):
+    """--normal-class of run.py: one class; a list or 'all' is sweep.py's."""
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not one class in 0..9 (python sweep.py --normal-class "
+                                         f"{text} runs several)")
+    return int(text)
+
+
+def make_parser(prog="run.py", skip=()):
+    """argparse flags made from Config's fields (ae_lr -> --ae-lr, bool -> a switch, list -> nargs), in GROUPS."""
+    parser = Parser(prog=prog, allow_abbrev=False,
+                    description="One experiment of deep one-class anomaly detection: Deep SVDD, OC-NN, DCAE.")
+    group = None
     for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        valid = f.metadata["valid"]
+        group = parser.add_argument_group(GROUPS[f.name]) if f.name in GROUPS else group
+        if f.name in skip:
+            continue
+        flag, valid = "--" + f.name.replace("_", "-"), f.metadata["valid"]
         default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         text = f"{f.metadata['help']} (default: {default}" + (f"; valid: {valid.what})" if valid else ")")
-        if f.type is bool and f.default is not False:                 # a switch that can be on: --no-<flag> too
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
-        elif f.type is bool:
-            parser.add_argument(flag, action="store_true", default=None, help=text)
+        if f.type is bool:                                            # on by default: --no-<flag> too
+            action = argparse.BooleanOptionalAction if f.default is not False else "store_true"
+            group.add_argument(flag, action=action, default=None, help=text)
         elif f.type is list:
-            parser.add_argument(flag, type=TYPES[f.name], nargs="*", default=None, help=text)
+            group.add_argument(flag, type=TYPES[f.name], nargs="*", default=None, help=text)
         else:
-            parser.add_argument(flag, type=TYPES.get(f.name, f.type), default=None, help=text)
+            kind = one_class_arg if f.name == "normal_class" else TYPES.get(f.name, f.type)
+            group.add_argument(flag, type=kind, default=None, help=text)
     return parser
 
 
-def resolve(cfg):
-    """Fill the fields left at None from PRESETS, then check every field against its valid values."""
-    if (cfg.dataset, cfg.settings) in PRESETS:
-        preset = PRESETS[cfg.dataset, cfg.settings]
-        for key in ("rep_dim", "ae_epochs", "ae_milestones", "ae_weight_decay", "svdd_weight_decay", "ae_init",
-                    "bn_affine"):
-            if getattr(cfg, key) is None:
-                setattr(cfg, key, preset[key])
+def make_config(given):
+    """A checked Config from the flags given ({field: value}): the fields left at None from PRESETS, every
+    value against its Valid, one warning line per given flag the run does not use (USES)."""
+    cfg = Config(**given)
+    preset = PRESETS[cfg.dataset, cfg.settings] if (cfg.dataset, cfg.settings) in PRESETS else {}
+    for key, value in preset.items():
+        if getattr(cfg, key) is None:
+            setattr(cfg, key, value)
     if cfg.ocnn_clip is None:
         cfg.ocnn_clip = 0.5 if cfg.ocnn_normalize else 0.0
     for f in dataclasses.fields(cfg):                                 # the one check of every value
         value, valid = getattr(cfg, f.name), f.metadata["valid"]
-        if valid is not None and not (value is None and f.name == "seeds") and not valid.test(value):
+        if valid is not None and not valid.test(value):
             shown = " ".join(map(str, value)) if isinstance(value, list) else value
             raise UserError(f"--{f.name.replace('_', '-')} must be {valid.what}, got {shown!r}.")
     if cfg.pretrain == "rcae" and cfg.ae_epochs % cfg.rcae_iters:
         raise UserError(f"--ae-epochs ({cfg.ae_epochs}) must be a multiple of --rcae-iters ({cfg.rcae_iters}).")
+    if cfg.objective == "soft-svdd" and cfg.svdd_warmup >= cfg.svdd_epochs:
+        raise UserError(f"--svdd-warmup ({cfg.svdd_warmup}) must be below --svdd-epochs ({cfg.svdd_epochs}): "
+                        f"R is set only after the warm-up.")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for, but torch finds no CUDA device; use --device cpu.")
+    for fields, user, used in USES:
+        for name in fields:
+            if name in given and not used(cfg):
+                print(f"warning: --{name.replace('_', '-')} does nothing here; it is used by {user}", flush=True)
     return cfg
 
 
-def pick_device(choice):
-    if choice != "auto":
-        return torch.device(choice)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"device: {device} (auto: {'a CUDA device was found' if device.type == 'cuda' else 'no CUDA device'})")
-    return device
+def parse_config(argv=None):
+    """run.py's flags -> a checked Config (raises UserError on a bad value)."""
+    args = make_parser().parse_args(argv)
+    return make_config({k: v for k, v in vars(args).items() if v is not None})
+
+
+def used_settings(cfg, fields=None):
+    """{field: value} of the settings (of `fields`, default all) that this run uses: not plumbing, not USES'
+    fields of another objective or representation."""
+    unused = {n for names, _, used in USES if not used(cfg) for n in names}
+    names = fields or [f.name for f in dataclasses.fields(cfg)]
+    return {n: getattr(cfg, n) for n in names if n not in unused and n not in PLUMBING and n != "settings"}
+
+
+def key_of(*parts):
+    """A short hash of JSON-able parts: equal settings and data -> equal key."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def method_name(cfg):
+    """e.g. 'ae+svdd', 'rcae+ocnn-joint': the representation and the objective of a run (the table above)."""
+    return f"{cfg.pretrain}+{cfg.objective}" + ("-joint" if cfg.objective == "ocnn" and cfg.joint else "")
 
 
 def banner(text):
     print(f"\n=== {text} ===", flush=True)
 
 
-def settings_key(cfg, fields):
-    """A short hash of the named config fields: equal settings -> equal key."""
-    blob = json.dumps({k: getattr(cfg, k) for k in fields}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+def seed_all(seed):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
 
 
-PRETRAIN_FIELDS = ("dataset", "pollution_rate", "scaling", "seed", "rep_dim", "batch_size", "pretrain",
-                   "ae_epochs", "ae_lr", "ae_milestones", "ae_weight_decay", "rcae_lambda", "rcae_iters",
-                   "ae_init", "bn_affine")
+# ---------------------------------------------------------------------------------------------------
+# The experiment: data -> stage 1 -> stage 2 -> scores
+# ---------------------------------------------------------------------------------------------------
+
+def data_identity(cfg):
+    """What data a run reads: the root and the fingerprint of its files. Downloads the data set when missing."""
+    try:
+        fingerprint = data.fingerprint(cfg.dataset, cfg.data_root)
+    except data.MissingData:
+        print(f"{cfg.dataset} not found under {os.path.abspath(cfg.data_root)}: downloading it there")
+        data.download(cfg.dataset, cfg.data_root)
+        fingerprint = data.fingerprint(cfg.dataset, cfg.data_root)
+    return {"data_path": os.path.abspath(cfg.data_root), "data_fingerprint": fingerprint}
 
 
-def ae_cache_path(cfg, normal_class):
-    """<out>/ae-cache/<dataset>-<pretrain>-<hash>-class<k>.pt: the hash covers the data and the pretraining."""
-    fields = [f for f in PRETRAIN_FIELDS if (cfg.pretrain == "rcae" or not f.startswith("rcae_"))
-              and not (f in LATER_FIELDS and getattr(cfg, f) == LATER_FIELDS[f])]  # as in sweep_folder
-    key = settings_key(cfg, fields) + f"-class{normal_class}"
-    return os.path.join(cfg.out, "ae-cache", f"{cfg.dataset}-{cfg.pretrain}-{key}.pt")
+def load_data(cfg, device):
+    """The one-class split of data.py (the data are on disk: data_identity came first)."""
+    try:
+        return data.one_class_split(cfg.dataset, cfg.normal_class, cfg.pollution_rate, cfg.seed, cfg.data_root,
+                                    device, cfg.scaling)
+    except ValueError as e:                                           # a setting the data cannot meet
+        raise UserError(str(e)) from None
 
 
-def partial_path(cache_path):
-    """Where an unfinished pretraining saves its state, beside its cache entry."""
-    return cache_path[:-len(".pt")] + "-partial.pt"
+def cache_path(cfg, data_id):
+    """<out>/ae-cache/<dataset>-<pretrain>-<key>-class<k>.pt: the key covers the data and the pretraining."""
+    key = key_of(used_settings(cfg, PRETRAIN_FIELDS), data_id)
+    return os.path.join(cfg.out, "ae-cache", f"{cfg.dataset}-{cfg.pretrain}-{key}-class{cfg.normal_class}.pt")
 
 
-def pretrain(cfg, d, device):
+def pretrain(cfg, d, device, data_id, clock):
     """Stage 1: the autoencoder (or RCAE), from the cache when the same data, settings and seed came before.
 
-    Returns (autoencoder, history, extra) where extra holds RCAE's per-image ||N_i||_1 figures.
+    Returns (autoencoder, history, extra) where extra holds RCAE's per-image ||N_i||_1 figures. One process
+    pretrains a cache entry; another that needs it waits, then reuses it.
     """
-    path = ae_cache_path(cfg, d.normal_class)
+    path = cache_path(cfg, data_id)
     seed_all(cfg.seed)                                                # weight init depends on the seed only
     model = ae.build_autoencoder(cfg.dataset, cfg.rep_dim, cfg.bn_affine).to(device)
     banner(f"stage 1: pretraining ({cfg.pretrain}) on {len(d.x_train)} training images")
-    if os.path.exists(path):
-        saved = torch.load(path, map_location=device, weights_only=True)
-        model.load_state_dict(saved["ae"])
-        print(f"reusing the pretrained autoencoder {path}")
-        return model, saved["history"], saved["extra"]
-    if cfg.ae_init == "theano":
-        ae.glorot_init(model)
-    if cfg.ae_init in ("dict", "theano"):                             # before any training, RCAE's too
-        with torch.no_grad():
-            conv1 = model.encoder.conv1
-            conv1.weight.copy_(ae.dictionary_filters(d.x_train, conv1.out_channels, conv1.kernel_size[0],
-                                                     seed=cfg.seed))
-    checkpoint = training.Checkpoint(partial_path(path), cfg.checkpoint_seconds)
-    kw = dict(lr=cfg.ae_lr, weight_decay=cfg.ae_weight_decay, milestones=cfg.ae_milestones,
-              batch_size=cfg.batch_size, seed=cfg.seed, verbose=not cfg.quiet, checkpoint=checkpoint)
-    extra = {}
-    if cfg.pretrain == "ae":
-        history = ae.train_autoencoder(model, d.x_train, epochs=cfg.ae_epochs, **kw)
-    else:
-        _, N, history = rcae.train_rcae(model, d.x_train, lam=cfg.rcae_lambda, outer_iters=cfg.rcae_iters,
-                                        epochs_per_iter=cfg.ae_epochs // cfg.rcae_iters, **kw)
-        mass = rcae.n_mass_per_image(N).cpu()                         # (n,) ||N_i||_1
-        extra["N_l1_per_image_normal"] = mass[~d.polluted.cpu()].mean().item()
-        if d.polluted.any():
-            extra["N_l1_per_image_polluted"] = mass[d.polluted.cpu()].mean().item()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.save({"ae": to_cpu(model.state_dict()), "history": history,
-                "extra": extra}, path + ".tmp")
-    os.replace(path + ".tmp", path)                                   # whole files only
-    checkpoint.remove()
+    with training.Lock(path + ".lock", wait=True):
+        saved = training.load_torch(path, "cached autoencoder", "it is trained again")
+        if saved is not None:
+            model.load_state_dict(saved["ae"])
+            print(f"reusing the pretrained autoencoder {path}")
+            return model, saved["history"], saved["extra"]
+        ae.initialise(model, cfg.ae_init, d.x_train, cfg.seed)       # before any training, RCAE's too
+        checkpoint = training.Checkpoint(path[:-len(".pt")] + "-partial.pt", cfg.checkpoint_seconds, clock)
+        kw = dict(lr=cfg.ae_lr, weight_decay=cfg.ae_weight_decay, milestones=cfg.ae_milestones,
+                  batch_size=cfg.batch_size, seed=cfg.seed, verbose=not cfg.quiet, checkpoint=checkpoint)
+        extra = {}
+        if cfg.pretrain == "ae":
+            history = ae.train_autoencoder(model, d.x_train, epochs=cfg.ae_epochs, **kw)
+        else:
+            _, N, history = rcae.train_rcae(model, d.x_train, lam=cfg.rcae_lambda, outer_iters=cfg.rcae_iters,
+                                            epochs_per_iter=cfg.ae_epochs // cfg.rcae_iters, **kw)
+            mass = rcae.n_mass_per_image(N).cpu()                     # (n,) ||N_i||_1
+            extra["N_l1_per_image_normal"] = mass[~d.polluted.cpu()].mean().item()
+            if d.polluted.any():
+                extra["N_l1_per_image_polluted"] = mass[d.polluted.cpu()].mean().item()
+        training.save_torch({"ae": to_cpu(model.state_dict()), "history": history, "extra": extra}, path)
+        checkpoint.remove()
     return model, history, extra
 
 
@@ -326,7 +383,7 @@ def one_class(cfg, d, model, checkpoint):
     phi = ae.encoder_copy(model)                                      # the AE itself stays untouched
     if cfg.objective in ("svdd", "soft-svdd"):
         objective = "one-class" if cfg.objective == "svdd" else "soft-boundary"
-        banner(f"stage 2: Deep SVDD ({objective}, nu={cfg.nu})")
+        banner(f"stage 2: Deep SVDD ({objective}" + (f", nu={cfg.nu})" if cfg.objective == "soft-svdd" else ")"))
         c, R, history = svdd.train_svdd(phi, d.x_train, objective=objective, nu=cfg.nu, epochs=cfg.svdd_epochs,
                                         lr=cfg.svdd_lr, weight_decay=cfg.svdd_weight_decay,
                                         milestones=cfg.svdd_milestones, warmup=cfg.svdd_warmup, **kw)
@@ -349,242 +406,149 @@ def to_cpu(v):
     return v.cpu() if torch.is_tensor(v) else v
 
 
-def seed_all(seed):
-    torch.manual_seed(seed)
-    np.random.seed(seed)
+# ---------------------------------------------------------------------------------------------------
+# The run folder
+# ---------------------------------------------------------------------------------------------------
 
+def run_experiment(cfg, run_dir, device, data_id):
+    """One experiment (one normal class, one seed) into run_dir, which it locks (training.Busy if another
+    process trains there). Returns the metrics dict, also written, last, to metrics.json."""
+    with training.Lock(os.path.join(run_dir, ".lock")):
+        clock = training.Clock(os.path.join(run_dir, "seconds.json"))  # > 0 s before: an interrupted run resumes
+        seed_all(cfg.seed)
+        d = load_data(cfg, device)
+        training.write_json(os.path.join(run_dir, "config.json"), {**dataclasses.asdict(cfg), **data_id})
+        model, pre_history, extra = pretrain(cfg, d, device, data_id, clock)
+        checkpoint = training.Checkpoint(os.path.join(run_dir, "checkpoint.pt"), cfg.checkpoint_seconds, clock)
+        scores, history, state = one_class(cfg, d, model, checkpoint)
 
-def write_json(path, obj):
-    """Write JSON to a temporary name, then rename: the file is whole or absent."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(path + ".tmp", path)
-
-
-def run_one(cfg, run_dir, device):
-    """One experiment (one normal class, one seed) into run_dir. Returns the metrics dict."""
-    start = time.perf_counter()
-    earlier = training.spent_seconds(partial_path(ae_cache_path(cfg, int(cfg.normal_class))),
-                                     os.path.join(run_dir, "checkpoint.pt"))   # > 0: an interrupted run resumes
-    seed_all(cfg.seed)
-    d = load_split(cfg, int(cfg.normal_class), device)
-    os.makedirs(os.path.join(run_dir, "plots"), exist_ok=True)
-    write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(cfg))
-    model, pre_history, extra = pretrain(cfg, d, device)
-    checkpoint = training.Checkpoint(os.path.join(run_dir, "checkpoint.pt"), cfg.checkpoint_seconds)
-    scores, history, state = one_class(cfg, d, model, checkpoint)
-
-    labels, scores = d.y_test.cpu().numpy(), scores.cpu().numpy()
-    stages = {f"pretrain ({cfg.pretrain})": pre_history, cfg.objective: history}
-    write_json(os.path.join(run_dir, "history.json"), stages)
-    with open(os.path.join(run_dir, "scores.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["test_index", "label", "score"])
-        w.writerows((i, int(y), f"{s:.9g}") for i, (y, s) in enumerate(zip(labels, scores)))
-    if d.polluted.any():
-        write_json(os.path.join(run_dir, "pollution.json"),
-                   {"polluted_train_indices": d.train_index[d.polluted].tolist()})
-    torch.save({"config": dataclasses.asdict(cfg), "ae": to_cpu(model.state_dict()),
-                **{k: to_cpu(v) for k, v in state.items()}}, os.path.join(run_dir, "model.pt"))
-
-    metrics = evaluate.summarize(labels, scores)
-    plots = os.path.join(run_dir, "plots")
-    method = {"svdd": "one-class Deep SVDD", "soft-svdd": "soft-boundary Deep SVDD", "ae": "reconstruction error",
-              "ocnn": f"OC-NN {'joint' if cfg.joint else 'z-only'}"}[cfg.objective]
-    name = f"{cfg.dataset} class {d.normal_class}: {cfg.pretrain.upper()} + {method}"
-    evaluate.plot_history(stages, os.path.join(plots, "training.png"))
-    evaluate.plot_score_hist(labels, scores, os.path.join(plots, "score_hist.png"), title=name)
-    evaluate.plot_roc_pr(labels, scores, os.path.join(plots, "roc_pr.png"), title=name)
-    evaluate.plot_extremes(d.x_test.cpu().numpy(), scores, labels, os.path.join(plots, "extremes.png"),
-                           title=name)
-    metrics.update(extra, normal_class=d.normal_class, seed=cfg.seed, n_train=len(d.x_train),
-                   scale=list(d.scale), device=str(device), seconds=round(time.perf_counter() - start + earlier, 2),
-                   seconds_before_resume=round(earlier, 2))
-    write_json(os.path.join(run_dir, "metrics.json"), metrics)        # last: marks the run finished
-    checkpoint.remove()
+        labels, scores = d.y_test.cpu().numpy(), scores.cpu().numpy()
+        stages = {f"pretrain ({cfg.pretrain})": pre_history, cfg.objective: history}
+        training.write_json(os.path.join(run_dir, "history.json"), stages)
+        write_scores(os.path.join(run_dir, "scores.csv"), labels, scores)
+        if d.polluted.any():
+            training.write_json(os.path.join(run_dir, "pollution.json"),
+                                {"polluted_train_indices": d.train_index[d.polluted].tolist()})
+        training.save_torch({"config": dataclasses.asdict(cfg), "ae": to_cpu(model.state_dict()),
+                             **{k: to_cpu(v) for k, v in state.items()}}, os.path.join(run_dir, "model.pt"))
+        name = plot_run(cfg, d, stages, labels, scores, os.path.join(run_dir, "plots"))
+        metrics = evaluate.summarize(labels, scores)
+        metrics.update(extra, normal_class=d.normal_class, seed=cfg.seed, n_train=len(d.x_train), scale=list(d.scale),
+                       device=str(device), seconds=round(clock.total(), 2), seconds_before_resume=round(clock.before, 2))
+        training.write_json(os.path.join(run_dir, "metrics.json"), metrics)  # last: marks the run finished
+        checkpoint.remove()
+        if os.path.exists(clock.path):                                # the seconds are in metrics.json now
+            os.remove(clock.path)
     print(f"\nAUROC {100 * metrics['auroc']:.2f}  AP {100 * metrics['average_precision']:.2f}  "
           f"({name}, seed {cfg.seed}, {metrics['seconds']:.0f}s) -> {run_dir}")
     return metrics
 
 
-def load_split(cfg, normal_class, device):
-    """The one-class data; downloads the dataset into --data-root first when its files are missing."""
-    args = (cfg.dataset, normal_class, cfg.pollution_rate, cfg.seed, cfg.data_root, device, cfg.scaling)
-    try:
-        return data.one_class_split(*args)
-    except data.MissingData:
-        print(f"{cfg.dataset} not found under {cfg.data_root}/: downloading it there")
-        data.download(cfg.dataset, cfg.data_root)
-        return data.one_class_split(*args)
+def write_scores(path, labels, scores):
+    """scores.csv: test index, label (1 = anomaly), score (higher = more anomalous), written whole."""
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["test_index", "label", "score"])
+            w.writerows((i, int(y), f"{s:.9g}") for i, (y, s) in enumerate(zip(labels, scores)))
+    training.write_whole(path, write)
 
 
-def classes_of(cfg):
-    """--normal-class as a list of ints: 'all' -> 0..9, '0,2,5' -> [0, 2, 5], '3' -> [3]."""
-    return list(range(10)) if cfg.normal_class == "all" else [int(p) for p in cfg.normal_class.split(",")]
+def plot_run(cfg, d, stages, labels, scores, folder):
+    """plots/: training curves, score histograms, ROC and PR curves, the extreme normal test images."""
+    method = {"svdd": "one-class Deep SVDD", "soft-svdd": "soft-boundary Deep SVDD", "ae": "reconstruction error",
+              "ocnn": f"OC-NN {'joint' if cfg.joint else 'z-only'}"}[cfg.objective]
+    name = f"{cfg.dataset} class {d.normal_class}: {cfg.pretrain.upper()} + {method}"
+    os.makedirs(folder, exist_ok=True)
+    evaluate.plot_history(stages, os.path.join(folder, "training.png"))
+    evaluate.plot_score_hist(labels, scores, os.path.join(folder, "score_hist.png"), title=name)
+    evaluate.plot_roc_pr(labels, scores, os.path.join(folder, "roc_pr.png"), title=name)
+    evaluate.plot_extremes(d.x_test.cpu().numpy(), scores, labels, os.path.join(folder, "extremes.png"), title=name)
+    return name
 
 
-OCNN_FIELDS = ("ocnn_epochs", "ocnn_lr", "ocnn_lr_drop", "ocnn_hidden", "ocnn_activation", "ocnn_normalize",
-               "ocnn_clip", "joint", "encoder_lr", "encoder_weight_decay", "encoder_lr_drop")
-# settings added after sweeps were filled: hashed into the sweep folder only when changed, so the folders
-# of earlier sweeps keep their names
-LATER_FIELDS = {"encoder_lr_drop": True, "scaling": "class"}
-SVDD_FIELDS = ("svdd_epochs", "svdd_lr", "svdd_milestones", "svdd_weight_decay", "svdd_warmup")
-
-
-def sweep_folder(cfg):
-    """<out>/sweep-<dataset>-<method>-<hash>: the hash covers every setting the method uses except the class
-    and the seed, so the same command with more classes or seeds fills the same folder (and a new OC-NN
-    option leaves the folders of Deep SVDD sweeps where they were)."""
-    skip = {"normal_class", "seed", "seeds", "settings", *PLUMBING}          # settings: its values are hashed
-    if cfg.objective != "ocnn":
-        skip |= set(OCNN_FIELDS)
-    if "svdd" not in cfg.objective:
-        skip |= set(SVDD_FIELDS)
-    skip |= {name for name, default in LATER_FIELDS.items() if getattr(cfg, name) == default}
-    key = settings_key(cfg, [f.name for f in dataclasses.fields(cfg) if f.name not in skip])
-    return os.path.join(cfg.out, f"sweep-{cfg.dataset}-{method_name(cfg).replace('+', '-')}-{key}")
-
-
-def run_folder(cfg, k, s):
-    """The folder of class k, seed s inside the sweep folder."""
-    return os.path.join(sweep_folder(cfg), f"class{k}-seed{s}-{method_name(cfg).replace('+', '-')}")
-
-
-def sweep(cfg, device):
-    """Every (class, seed) pair into fixed folder names, then the summary.
-
-    Finished runs (metrics.json) are skipped; an unfinished one resumes from its checkpoints. With --jobs N
-    the pending runs go to N processes with the CPU threads split between them; each run has its own
-    folder (and its own cached autoencoder), and its console output goes to <run folder>/console.log.
-    """
-    folder = sweep_folder(cfg)
-    pairs = [(k, s) for k in classes_of(cfg) for s in (cfg.seeds or [cfg.seed])]
-    rows, pending = {}, []
-    for k, s in pairs:
-        done = os.path.join(run_folder(cfg, k, s), "metrics.json")
-        if os.path.exists(done):
-            print(f"skipping {run_folder(cfg, k, s)}: finished before")
-            with open(done) as f:
-                rows[k, s] = json.load(f)
-        else:
-            pending.append((k, s))
-    if cfg.jobs == 1:
-        for k, s in pending:
-            banner(f"sweep run: class {k}, seed {s}")
-            rows[k, s] = run_one(dataclasses.replace(cfg, normal_class=str(k), seed=s), run_folder(cfg, k, s),
-                                 device)
-    elif pending:
-        jobs = min(cfg.jobs, len(pending))
-        threads = max(1, torch.get_num_threads() // jobs)
-        print(f"{len(pending)} runs in {jobs} processes of {threads} thread(s) each", flush=True)
-        context = multiprocessing.get_context("spawn")                   # a fresh interpreter per process
-        with concurrent.futures.ProcessPoolExecutor(jobs, context, initializer=torch.set_num_threads,
-                                                    initargs=(threads,)) as pool:
-            futures = {pool.submit(run_logged, dataclasses.replace(cfg, normal_class=str(k), seed=s),
-                                   run_folder(cfg, k, s), str(device)): (k, s) for k, s in pending}
-            for future in concurrent.futures.as_completed(futures):
-                k, s = futures[future]
-                if future.exception() is not None:                        # a failed run stops the sweep
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise future.exception()
-                rows[k, s] = future.result()
-                print(f"class {k}, seed {s}: AUROC {100 * rows[k, s]['auroc']:.2f} "
-                      f"({rows[k, s]['seconds']:.0f}s)", flush=True)
-    rows = [rows[p] for p in pairs]                                       # the order of one job
-    write_summary(folder, rows, cfg)
-    return rows
-
-
-def run_logged(cfg, run_dir, device):
-    """run_one in a worker process of a sweep, its console output into <run_dir>/console.log."""
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "console.log"), "a") as log, contextlib.redirect_stdout(log):
-        return run_one(cfg, run_dir, torch.device(device))
-
-
-def unfinished_run(cfg):
-    """The newest single-run folder of these very settings that has no metrics.json yet, or None."""
-    same = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in PLUMBING}
-    for run_dir in sorted(glob.glob(os.path.join(cfg.out, f"*-{cfg.dataset}-{cfg.normal_class}-{cfg.pretrain}-"
-                                                          f"{cfg.objective}")), reverse=True):
-        config, done = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "metrics.json")
-        if os.path.exists(config) and not os.path.exists(done):
-            with open(config) as f:
-                saved = {**LATER_FIELDS, **json.load(f)}                   # older folders lack later fields
-                if {k: v for k, v in saved.items() if k not in PLUMBING} == same:
-                    return run_dir
+def unfinished_run(cfg, data_id):
+    """The newest run folder of these settings and this data without metrics.json, or None."""
+    want = {**used_settings(cfg), **data_id}
+    pattern = os.path.join(glob.escape(cfg.out), f"*-{cfg.dataset}-{cfg.normal_class}-{method_name(cfg)}")
+    for run_dir in sorted(glob.glob(pattern), reverse=True):
+        if os.path.exists(os.path.join(run_dir, "metrics.json")):
+            continue
+        saved = training.read_json(os.path.join(run_dir, "config.json"), "config of an unfinished run",
+                                   "that folder is not resumed")
+        if isinstance(saved, dict) and {k: saved.get(k) for k in want} == want:
+            return run_dir
     return None
 
 
-def method_name(cfg):
-    """e.g. 'ae+svdd', 'rcae+ocnn-joint': the representation and the objective of a run."""
-    return f"{cfg.pretrain}+{cfg.objective}" + ("-joint" if cfg.objective == "ocnn" and cfg.joint else "")
+def new_run_folder(cfg):
+    """<out>/<time>-<dataset>-<class>-<method>, made here (<time>.2, .3, ... when one began in the same second)."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 100):
+        run_dir = os.path.join(cfg.out, f"{stamp}{'' if n == 1 else f'.{n}'}-{cfg.dataset}-{cfg.normal_class}-"
+                                        f"{method_name(cfg)}")
+        with contextlib.suppress(FileExistsError):
+            os.makedirs(run_dir)
+            return run_dir
+    raise UserError(f"could not make a new run folder in {cfg.out}: 99 began in the second {stamp}.")
 
 
-def stage_epochs(cfg):
-    """e.g. 'ae 150 / svdd 150': the epochs of both stages, as the results tables report them."""
-    second = {"svdd": f" / svdd {cfg.svdd_epochs}", "soft-svdd": f" / svdd {cfg.svdd_epochs}",
-              "ocnn": f" / ocnn {cfg.ocnn_epochs}", "ae": ""}[cfg.objective]
-    return f"{cfg.pretrain} {cfg.ae_epochs}{second}"
+def pick_device(choice):
+    if choice != "auto":
+        return torch.device(choice)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"device: {device} (auto: {'a CUDA device was found' if device.type == 'cuda' else 'no CUDA device'})")
+    return device
 
 
-def write_summary(folder, rows, cfg):
-    """summary.csv (one row per class) and summary.md: AUROC mean +- std over seeds, mean over classes.
-
-    std is the population standard deviation over the seeds (numpy's default). seconds is the mean wall
-    time of a run (a resumed run's includes the epochs saved before it stopped); a run whose autoencoder came
-    from the cache did not pay for pretraining.
-    """
-    by_class = {}
-    for m in rows:
-        by_class.setdefault(m["normal_class"], []).append(m)
-    table = []
-    for k, ms in sorted(by_class.items()):
-        a = 100 * np.array([m["auroc"] for m in ms])
-        table.append({"dataset": cfg.dataset, "normal_class": k, "method": method_name(cfg),
-                      "auroc_mean": round(a.mean(), 2), "auroc_std": round(a.std(), 2), "n_seeds": len(ms),
-                      "seeds": " ".join(str(m["seed"]) for m in ms), "epochs": stage_epochs(cfg),
-                      "pollution_rate": cfg.pollution_rate, "device": ms[0]["device"],
-                      "seconds_mean": round(np.mean([m["seconds"] for m in ms]), 1)})
-    with open(os.path.join(folder, "summary.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(table[0]))
-        w.writeheader()
-        w.writerows(table)
-    lines = [f"{cfg.dataset}, {method_name(cfg)}, epochs {stage_epochs(cfg)}", "",
-             "| normal class | AUROC % (mean +- std) | seeds |", "|---|---|---|"]
-    lines += [f"| {t['normal_class']} | {t['auroc_mean']:.2f} +- {t['auroc_std']:.2f} | {t['n_seeds']} |"
-              for t in table]
-    lines.append(f"| mean | {np.mean([t['auroc_mean'] for t in table]):.2f} | |")
-    with open(os.path.join(folder, "summary.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n" + "\n".join(lines) + f"\nsummary written to {folder}")
+def check_folders(cfg):
+    """--out must be a folder this process can write in, --data-root a folder (or not there yet)."""
+    if os.path.exists(cfg.data_root) and not os.path.isdir(cfg.data_root):
+        raise UserError(f"--data-root {cfg.data_root} is a file, not a folder.")
+    try:
+        os.makedirs(cfg.out, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {cfg.out}: cannot make a folder there ({e.strerror}); choose another --out.") from None
+    if not os.access(cfg.out, os.W_OK | os.X_OK):
+        raise UserError(f"--out {cfg.out} is not writable; choose another --out.")
 
 
-def parse_config(argv=None):
-    """Flags -> a resolved Config (raises UserError on a bad value)."""
-    args = make_parser().parse_args(argv)
-    return resolve(Config(**{k: v for k, v in vars(args).items() if v is not None}))
+def cli(body):
+    """Run body() as a command: the errors a user can cause end in one line and a non-zero exit status."""
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print("\ninterrupted: the training state saved at the last checkpoint is kept; the same command "
+              "resumes from it", file=sys.stderr)
+        sys.exit(130)
+    except training.Busy as e:
+        print(f"error: another process is training in {os.path.dirname(str(e))}; wait for it to finish, or "
+              f"use another --out", file=sys.stderr)
+        sys.exit(2)
+    except (UserError, data.DataError, training.NonFiniteLoss, training.SaveError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, UserError) else 1)
+    except OSError as e:                                              # a folder that cannot be written, ...
+        print(f"error: cannot write {e.filename} ({e.strerror or e}); fix that, then run the same command again: "
+              f"it resumes", file=sys.stderr)
+        sys.exit(1)
 
 
 def main(argv=None):
-    """Parse flags into a Config, then run once or sweep. Returns the metrics (list for a sweep)."""
-    try:
+    """Parse flags into a Config, then run one experiment (or continue an unfinished one). Returns its metrics."""
+    def body():
         cfg = parse_config(argv)
         print("config:", json.dumps(dataclasses.asdict(cfg)))
+        check_folders(cfg)
         device = pick_device(cfg.device)
-        if len(classes_of(cfg)) > 1 or cfg.seeds:
-            return sweep(cfg, device)
-        run_dir = unfinished_run(cfg)                                     # an interrupted run continues
+        data_id = data_identity(cfg)
+        run_dir = unfinished_run(cfg, data_id)                        # an interrupted run continues
         if run_dir is None:
-            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-            run_dir = os.path.join(cfg.out, f"{stamp}-{cfg.dataset}-{cfg.normal_class}-{cfg.pretrain}-"
-                                            f"{cfg.objective}")
+            run_dir = new_run_folder(cfg)
         else:
             print(f"continuing the unfinished run {run_dir}")
-        return run_one(cfg, run_dir, device)
-    except (UserError, data.DataError, training.NonFiniteLoss) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2 if isinstance(e, UserError) else 1)
+        return run_experiment(cfg, run_dir, device, data_id)
+    return cli(body)
 
 
 if __name__ == "__main__":

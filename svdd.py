@@ -90,14 +90,15 @@ def radius_from_quantile(dist, nu):
     return torch.kthvalue(dist.flatten().cpu(), n - k + 1).values.item()
 
 
-def train_svdd(phi, x, *, objective="one-class", nu=0.1, epochs=150, lr=1e-4, weight_decay=0.5e-6,
-               milestones=(50,), batch_size=200, warmup=10, seed=0, verbose=True, checkpoint=None):
+def train_svdd(phi, x, *, weight_decay, objective="one-class", nu=0.1, epochs=150, lr=1e-4, milestones=(50,),
+               batch_size=200, warmup=10, seed=0, verbose=True, checkpoint=None):
     """Train phi (already holding the pretrained encoder's weights) on eq. (4) or eq. (3).
 
     objective: 'one-class' (eq. 4) or 'soft-boundary' (eq. 3). Returns (c, R, history); R = 0 for
     one-class. History per epoch: loss, lr, seconds; soft-boundary adds R and frac_out (fraction of
     training points with distance > R after the epoch's R update; Prop. 4 bounds it by nu).
-    checkpoint: a training.Checkpoint to save the state at epoch ends and resume from, or None.
+    checkpoint: a training.Checkpoint to save the state at epoch ends and resume from, or None. The defaults
+    are run.py's; weight_decay has none (run.py's depends on the data set and --settings).
     """
     if objective not in ("one-class", "soft-boundary"):
         raise ValueError(f"unknown Deep SVDD objective {objective!r}: 'one-class' or 'soft-boundary'")

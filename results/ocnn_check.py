@@ -2,7 +2,7 @@
 
     python results/ocnn_check.py            # the `ocnn-options` runs: digits 0 1 2, seeds 0 1 2, runs/ocnn
     python results/ocnn_check.py repro      # the port's runs of results/README.md section 2, in runs/repro
-    python results/ocnn_check.py runs/<time>-mnist-0-ae-ocnn ...      # or any OC-NN run folders
+    python results/ocnn_check.py runs/<time>-mnist-0-ae+ocnn ...      # or any OC-NN run folders
 
 For every finished OC-NN run it loads the saved encoder and head and prints the test AUROC (%) of three
 scores computed on the very same codes, those the head sees (z = phi(x), or z / ||z|| with unit codes):
@@ -21,6 +21,7 @@ it did, and whether the anomalies' codes grew with the normal ones. With unit co
 the length, r stays below ||u||, and the ranking is by angle alone.
 
 """
+import dataclasses
 import json
 import os
 import sys
@@ -35,6 +36,7 @@ import ae  # noqa: E402
 import evaluate  # noqa: E402
 import ocnn  # noqa: E402
 import run  # noqa: E402
+import sweep  # noqa: E402
 
 PLAIN = ablations.with_plain_nu(ablations.PLAIN_OCNN, "mnist")              # what those runs were measured with
 REGIMES = [["--objective", "ocnn"] + PLAIN,                                  # z-only
@@ -52,7 +54,7 @@ def check(run_dir, cfg):
     phi.load_state_dict(saved["phi"])
     head = ocnn.OCNN(cfg.rep_dim, cfg.ocnn_hidden, cfg.ocnn_activation, cfg.ocnn_normalize)
     head.load_state_dict(saved["head"])
-    d = run.load_split(cfg, int(cfg.normal_class), "cpu")
+    d = run.load_data(cfg, "cpu")
     z_train, z_test = ae.encode(phi, d.x_train), ae.encode(phi, d.x_test)   # eval mode
     norm = z_test.norm(dim=1)                                                # (N_test,) ||phi(x)||
     if cfg.ocnn_normalize:                                                   # the codes the head sees
@@ -93,14 +95,16 @@ def main(folders):
     print("|---|---|---|---|---|---|---|---|---|---|")
     if folders in ([], ["repro"]):                                          # the runs of a study
         os.chdir(ROOT)
-        folders = [os.path.join(ROOT, run.run_folder(cfg, k, s)) for cfg in study(folders) for k in
-                   run.classes_of(cfg) for s in cfg.seeds]
+        folders = [os.path.join(ROOT, sweep.run_folder(cfg, run.data_identity(cfg), k, s))
+                   for cfg, classes, seeds, _ in study(folders) for k in classes for s in seeds]
         folders = [f for f in folders if os.path.exists(os.path.join(f, "metrics.json"))]
     for folder in folders:
         path = os.path.join(folder, "config.json")
         saved = json.load(open(path)) if os.path.exists(path) else {}
         saved = {"ocnn_normalize": False, "ocnn_clip": 0.0, **saved}          # runs from before these options
-        cfg = run.Config(**saved) if saved.get("objective") == "ocnn" else None
+        fields = {f.name for f in dataclasses.fields(run.Config)}                # not the data's identity
+        cfg = run.Config(**{k: v for k, v in saved.items() if k in fields}) if saved.get("objective") == "ocnn" \
+            else None
         res = check(folder, cfg) if cfg is not None else None
         if res is None:
             sys.exit(f"{folder} is not a finished OC-NN run (it needs config.json of an ocnn run and metrics.json)")
@@ -110,9 +114,9 @@ def main(folders):
 def study(which):
     """The sweeps of the option study (default) or, with ['repro'], of the port's reproduction, one class each."""
     if which == ["repro"]:
-        return [run.parse_config(["--settings", "port", "--out", "runs/repro", "--normal-class", str(k),
-                                  "--seeds", "0", "1", "2"] + flags) for k in (0, 1, 2, 5) for flags in REGIMES]
-    return [run.parse_config(ablations.variant_argv("mnist", flags, "ocnn-options"))
+        return [sweep.parse(["--settings", "port", "--out", "runs/repro", "--normal-class", str(k),
+                             "--seeds", "0", "1", "2"] + flags) for k in (0, 1, 2, 5) for flags in REGIMES]
+    return [sweep.parse(ablations.variant_argv("mnist", flags, "ocnn-options"))
             for _, _, flags in ablations.QUESTIONS["ocnn-options"][1]]
 
 

@@ -1,10 +1,10 @@
 """Ablations: what the representation and the objective each do to anomaly detection.
 
-    python results/ablations/ablations.py commands pollution   # print the run.py sweeps of one question
+    python results/ablations/ablations.py commands pollution   # print the sweep.py commands of one question
     python results/ablations/ablations.py run pollution        # run them (resumable: finished runs are skipped)
     python results/ablations/ablations.py report               # CSVs + one figure per question, here
 
-Questions (QUESTIONS below; every variant is one `run.py` sweep over classes 0, 2, 5 and seeds 0, 1, 2):
+Questions (QUESTIONS below; every variant is one `sweep.py` sweep over classes 0, 2, 5 and seeds 0, 1, 2):
   pollution   AE vs RCAE pretraining under pollution 0, 0.01, 0.05, 0.1; DCAE score (reconstruction error)
   objective   DCAE vs one-class vs soft-boundary Deep SVDD vs OC-NN on the same pretrained autoencoder
   encoder-lr  OC-NN z-only (encoder frozen) vs joint with encoder lr 1e-6, 1e-5, 1e-4
@@ -26,7 +26,8 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
-import run  # noqa: E402  (the repository's run.py)
+import run  # noqa: E402  (the repository's run.py and sweep.py)
+import sweep  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BASES = {
@@ -134,7 +135,7 @@ QUESTIONS = {
 
 
 def variant_argv(dataset, flags, question=None):
-    """The run.py flags of one variant: the base (classes, seeds, output folder), the variant's own, then the
+    """The sweep.py flags of one variant: the base (classes, seeds, output folder), the variant's own, then the
     dataset's overrides (argparse: the last value of a flag wins)."""
     if question in OWN_BASES:
         if dataset != "mnist":
@@ -167,10 +168,11 @@ def collect(question, dataset):
     _, variants = QUESTIONS[question]
     rows, missing = [], 0
     for series, x, flags in variants:
-        cfg = run.parse_config(variant_argv(dataset, flags, question))
-        for k in run.classes_of(cfg):
-            for s in cfg.seeds:
-                run_dir = os.path.join(ROOT, run.run_folder(cfg, k, s))
+        cfg, classes, seeds, _ = sweep.parse(variant_argv(dataset, flags, question))
+        data_id = run.data_identity(cfg)
+        for k in classes:
+            for s in seeds:
+                run_dir = os.path.join(ROOT, sweep.run_folder(cfg, data_id, k, s))
                 path = os.path.join(run_dir, "metrics.json")
                 if not os.path.exists(path):
                     missing += 1
@@ -314,9 +316,9 @@ def main(argv):
     for _, _, flags in QUESTIONS[argv[1]][1]:
         args = variant_argv(dataset, flags, argv[1])
         if argv[0] == "commands":
-            print("python run.py " + " ".join(args))
+            print("python sweep.py " + " ".join(args))
         else:
-            run.main(args)
+            sweep.main(args)
 
 
 if __name__ == "__main__":
