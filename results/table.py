@@ -2,7 +2,7 @@
 
     python results/table.py results/mnist-seed0-*.csv
 
-Each CSV is a sweep's summary.csv (run.py writes one per sweep folder) copied here under a telling name.
+Each CSV is a sweep's summary.csv (sweep.py writes one per sweep folder) copied here under a telling name.
 The published AUROCs (%) are the Deep SVDD paper's Table 1 (Ruff et al., ICML 2018; mean over 10 seeds)
 with their stds (the last row lists the classes whose mean is more than one paper std below the paper),
 and the OC-NN paper's column (Chalapathy et al., arXiv:1802.06360; polluted training data, another
