@@ -1,4 +1,4 @@
-"""Real data in, one-class tensors out: MNIST and CIFAR-10 under Deep SVDD's protocol.
+"""Real data in, one-class tensors out: MNIST, CIFAR-10 or a folder of images under Deep SVDD's protocol.
 
 Ruff et al., *Deep One-Class Classification*, ICML 2018, Sec. 4.2 (the protocol that OC-NN and RCAE
 reuse). One experiment per normal class k in 0..9:
@@ -18,6 +18,8 @@ reuse). One experiment per normal class k in 0..9:
   GCN and the constants are computed in float64, then the tensors are cast to float32: float64 reproduces
   the reference code's hard-coded constants (MNIST class 1: hi = 20.108062262467364) to 1e-15, float32
   misses hi by 5e-6.
+  scaling='minmax' skips the GCN step (pixels / 255, then the min-max): the Deep SVDD code's MNIST KDE and
+  OC-SVM baselines (shallow.py), whose scripts pass no --gcn.
   scaling='image' is the seed lab's preprocessing instead (its OC-NN figures used it): each image min-max
   scaled to [0, 1] on its own, x <- (x - min(x)) / (max(x) - min(x)). Any GCN before it cancels (an
   affine map of each image with a positive scale), and no constant is shared between images.
@@ -34,6 +36,33 @@ On disk (`root` defaults to the project's data/):
 admits only the numpy names an array needs, so a tampered batch file cannot run code. `download(name,
 root)` fetches the official archives over urllib, checks their MD5, and renames only whole, verified
 files into place. Every problem a user can cause ends in `DataError`, one sentence saying what to do.
+
+A folder of your own images (dataset 'folder', `root` = the folder itself), the layout image tools use:
+    <root>/train/<class>/*.png|*.jpg|*.jpeg      the extension in any case; names starting with '.' and
+    <root>/test/<class>/*.png|*.jpg|*.jpeg       other files are skipped; class folders are not recursed
+The class names sorted (as Python sorts strings) give the labels 0, 1, ... (`folder_classes(root)`);
+`class_index(root, 'cat' or 3)` turns a name or an index into the label, a name first. Strict on purpose:
+train/ and test/ must hold the same class folders, each with at least one image, and at least two of them.
+`load_folder(root, train)` reads class by class, file names sorted, and is cached per process by every
+file's (path, size, mtime); `fingerprint('folder', root)` hashes each file's path under root and its bytes.
+- Decoding: Pillow, which matplotlib requires and reads every image through (matplotlib.image.imread);
+  called directly it gives the stored uint8 values, where imread turns a PNG into floats in [0, 1].
+  Each file is decoded whole (`load`), so a truncated one is caught and named. EXIF orientation is
+  not applied: the pixels as stored.
+- Greyscale or colour is the file's Pillow mode, not its content: '1', 'L', 'LA' are greyscale -> uint8
+  (N, 28, 28) like MNIST; 'RGB', 'RGBA', 'P' (palette) are colour -> (N, 3, 32, 32) like CIFAR-10 (alpha is
+  dropped, a palette expanded). An RGB file with three equal channels is colour (matplotlib's imsave
+  writes RGBA even for a grey image). Other modes (16-bit, CMYK, ...) are refused.
+- Size: every image (train and test) must share one kind and one size, else DataError naming the first
+  image and one that differs. Images not 28x28 (grey) or 32x32 (colour) are resized to it, aspect ratio
+  not kept, with Pillow's BILINEAR filter: when shrinking, Pillow widens it to the scale factor (an
+  antialiased triangle filter, like torchvision's default Resize), and having no negative lobes, unlike
+  LANCZOS, it adds no ringing halos around sharp strokes that would shift the min-max constants.
+  `folder_facts(root)` reports it: {'classes', 'channels', 'size', 'resized_from': (h, w) or None,
+  'interpolation': 'bilinear' or None, 'modes', 'n_train', 'n_test'}.
+- The protocol is the one above with the folder's classes: train = the normal class's training images
+  (plus pollution from the other classes' training images), test = all test images, y = 1 for any
+  other class.
 
 Read next: ae.py (the autoencoders that are pretrained on `x_train`).
 """
@@ -52,6 +81,7 @@ import zlib
 
 import numpy as np
 import torch
+from PIL import Image  # Pillow: matplotlib reads images through it and requires it (since 3.3)
 
 MNIST_MIRRORS = ['https://ossci-datasets.s3.amazonaws.com/mnist/', 'http://yann.lecun.com/exdb/mnist/',
                  'https://storage.googleapis.com/cvdf-datasets/mnist/']
@@ -231,9 +261,178 @@ def load_cifar10(root, train=True):
     return x.copy(), y.copy()
 
 
+# ---------------------------------------------------------------- a folder of the user's own images
+
+FOLDER_EXTENSIONS = ('.png', '.jpg', '.jpeg')  # compared lower-cased: .PNG, .JPG and .Jpeg count too
+FOLDER_MODES = {'1': 1, 'L': 1, 'LA': 1, 'P': 3, 'RGB': 3, 'RGBA': 3}  # Pillow mode -> channels
+FOLDER_SIZE = {1: (28, 28), 3: (32, 32)}  # channels -> (H, W): MNIST's and CIFAR-10's
+FOLDER_INTERPOLATION = 'bilinear'  # Pillow's BILINEAR: antialiased when shrinking, no ringing (see above)
+_BILINEAR = getattr(Image, 'Resampling', Image).BILINEAR  # Image.Resampling since Pillow 9.1
+
+
+def _visible(folder, keep):
+    """The entries of `folder` that `keep(path)` accepts, sorted; names starting with '.' are skipped."""
+    return sorted(n for n in os.listdir(folder) if not n.startswith('.') and keep(os.path.join(folder, n)))
+
+
+def _is_image_file(path):
+    return os.path.splitext(path)[1].lower() in FOLDER_EXTENSIONS and os.path.isfile(path)
+
+
+def _folder_listing(root):
+    """The checked layout: (classes, {True: [(label, path), ...], False: [...]}), files in reading order."""
+    split_dirs = {True: os.path.join(root, 'train'), False: os.path.join(root, 'test')}
+    for d in split_dirs.values():
+        if not os.path.isdir(d):
+            raise DataError(f'there is no {d} folder: put the images in '
+                            f'{os.path.join(root, "train", "<class>", "")} and '
+                            f'{os.path.join(root, "test", "<class>", "")} (PNG or JPEG).')
+    names = {train: _visible(d, os.path.isdir) for train, d in split_dirs.items()}
+    if len(names[False]) < 2:
+        raise DataError(f'{split_dirs[False]} holds {len(names[False])} class folder(s) {names[False]}, but '
+                        f'a one-class experiment needs at least two (one normal, the others anomalies); '
+                        f'add more.')
+    for a, b in ((True, False), (False, True)):
+        missing = [c for c in names[a] if c not in names[b]]
+        if missing:
+            raise DataError(f'the class folder {os.path.join(split_dirs[a], missing[0])} has no counterpart '
+                            f'in {split_dirs[b]}; both splits must hold the same classes, so add it there or '
+                            f'remove it.')
+    classes = names[True]  # sorted: the class index is the position in this list
+    files = {}
+    for train, d in split_dirs.items():
+        files[train] = []
+        for label, c in enumerate(classes):
+            images = _visible(os.path.join(d, c), _is_image_file)
+            if not images:
+                raise DataError(f'the class folder {os.path.join(d, c)} holds no .png, .jpg or .jpeg file; put '
+                                f'images of class {c!r} in it, or remove the class from both splits.')
+            files[train] += [(label, os.path.join(d, c, n)) for n in images]
+    return classes, files
+
+
+def _read_image(path, ref):
+    """One image file -> (mode, (h, w), uint8 array (h, w) or (3, h, w), resized to its kind's size).
+
+    ref: (path, mode, size) of the data set's first image, which this one must match in kind and size (None
+    for the first image itself). The whole file is decoded (`load`), so a truncated one fails here, named.
+    """
+    try:
+        with Image.open(path) as img:  # reads the header only: mode and size
+            mode, size = img.mode, (img.height, img.width)
+            if mode not in FOLDER_MODES:
+                raise DataError(f'{path} has Pillow mode {mode!r}, which is neither 8-bit greyscale nor RGB; '
+                                f'save it as an 8-bit greyscale or RGB PNG or JPEG.')
+            channels = FOLDER_MODES[mode]
+            if ref is not None and FOLDER_MODES[ref[1]] != channels:
+                kinds = {1: 'greyscale', 3: 'colour'}
+                raise DataError(f'{ref[0]} is {kinds[FOLDER_MODES[ref[1]]]} (mode {ref[1]}) but {path} is '
+                                f'{kinds[channels]} (mode {mode}); save all the images as greyscale or all as '
+                                f'colour.')
+            if ref is not None and ref[2] != size:
+                raise DataError(f'{ref[0]} is {ref[2][0]}x{ref[2][1]} but {path} is {size[0]}x{size[1]} '
+                                f'(height x width); give all the images one size.')
+            img.load()  # decode every pixel now: a truncated or corrupt file raises here
+            img = img.convert('L' if channels == 1 else 'RGB')  # drops alpha, expands a palette
+            if size != FOLDER_SIZE[channels]:
+                img = img.resize(FOLDER_SIZE[channels][::-1], _BILINEAR)  # Pillow sizes are (width, height)
+            pixels = np.asarray(img)  # (H, W) or (H, W, 3) uint8
+    except DataError:
+        raise
+    except Exception as e:  # Pillow's many failures of a malformed file: OSError, SyntaxError, ValueError, ...
+        raise DataError(f'{path} is not a readable PNG or JPEG image ({e}); replace or remove it.') from None
+    return mode, size, (pixels if channels == 1 else pixels.transpose(2, 0, 1))
+
+
+@functools.lru_cache(maxsize=2)
+def _folder_cached(classes, train_files, test_files):  # files: ((label, _file_key), ...), in reading order
+    ref, modes, out = None, set(), []
+    for files in (train_files, test_files):
+        x, y = None, np.array([label for label, _ in files], np.int64)
+        for i, (_, key) in enumerate(files):
+            mode, size, pixels = _read_image(key[0], ref)
+            if ref is None:
+                ref = (key[0], mode, size)  # every later image must match the first
+            if x is None:
+                x = np.empty((len(files),) + pixels.shape, np.uint8)
+            x[i] = pixels
+            modes.add(mode)
+        x.setflags(write=False)
+        y.setflags(write=False)
+        out += [x, y]
+    channels = FOLDER_MODES[ref[1]]
+    resized = ref[2] != FOLDER_SIZE[channels]
+    facts = {'classes': list(classes), 'channels': channels, 'size': FOLDER_SIZE[channels],
+             'resized_from': ref[2] if resized else None,
+             'interpolation': FOLDER_INTERPOLATION if resized else None,
+             'modes': sorted(modes), 'n_train': len(train_files), 'n_test': len(test_files)}
+    return (*out, facts)
+
+
+def _folder_read(root):
+    """List and check the folder (every time: cheap), decode its images once per process."""
+    classes, files = _folder_listing(root)
+    keyed = [tuple((label, _file_key(path)) for label, path in files[train]) for train in (True, False)]
+    return _folder_cached(tuple(classes), *keyed)
+
+
+def _folder_arrays(root, train):
+    x_tr, y_tr, x_te, y_te, _ = _folder_read(root)
+    return (x_tr, y_tr) if train else (x_te, y_te)
+
+
+def _folder_paths(root, train):
+    return [path for _, path in _folder_listing(root)[1][train]]
+
+
+def load_folder(root, train=True):
+    """Images under <root>/train/<class>/ (or test/) -> uint8 (N, 28, 28) or (N, 3, 32, 32), int64 (N,).
+
+    Read class by class, file names sorted; label = the class's index in `folder_classes(root)`. Both splits
+    are read together the first time (they must agree in kind and size), then served from the cache as fresh
+    copies. `folder_facts(root)` says what the reading did (channels, resizing).
+    """
+    x, y = _folder_arrays(root, train)
+    return x.copy(), y.copy()
+
+
+def folder_facts(root):
+    """What reading the folder found and did, for the console and the run's config:
+
+    {'classes': sorted names, 'channels': 1 or 3, 'size': (H, W) returned, 'resized_from': the files' (h, w)
+    or None, 'interpolation': 'bilinear' or None (when nothing was resized), 'modes': Pillow modes seen,
+    'n_train': int, 'n_test': int}
+    """
+    facts = _folder_read(root)[4]
+    return dict(facts, classes=list(facts['classes']), modes=list(facts['modes']))
+
+
+def folder_classes(root):
+    """The class names of the folder, sorted (as Python sorts strings): position = class index."""
+    return _folder_listing(root)[0]
+
+
+def class_index(root, name_or_index):
+    """A class of the folder, given by name ('cat') or index (3, or the string '3') -> its index.
+
+    A string that is a class name means that class, even where it also reads as a number (folders '1', '5',
+    '7': '5' is class 1); any other integer, or string of digits, is an index in 0..n-1.
+    """
+    classes = folder_classes(root)
+    if isinstance(name_or_index, str) and name_or_index in classes:
+        return classes.index(name_or_index)
+    if isinstance(name_or_index, str) and name_or_index.strip().isdigit():
+        name_or_index = int(name_or_index)
+    if isinstance(name_or_index, (int, np.integer)) and not isinstance(name_or_index, bool) \
+            and 0 <= name_or_index < len(classes):
+        return int(name_or_index)
+    raise DataError(f'{name_or_index!r} is neither a class of {root} nor an index in 0..{len(classes) - 1}; '
+                    f'the classes are {", ".join(classes)}.')
+
+
 # ---------------------------------------------------------------- what the data is: its files' fingerprint
 
-_PATHS = {'mnist': _mnist_paths, 'cifar10': _cifar_paths}
+_PATHS = {'mnist': _mnist_paths, 'cifar10': _cifar_paths, 'folder': _folder_paths}
 
 
 @functools.lru_cache(maxsize=32)
@@ -254,7 +453,10 @@ def fingerprint(dataset, root):
     """
     h = hashlib.sha256()
     for path in _PATHS[dataset](root, True) + _PATHS[dataset](root, False):
-        h.update(f'{os.path.basename(path)} {_sha256(_file_key(path))}\n'.encode())
+        # a folder's files are named by their path under root ('train/cat/0001.png'): the class is in it
+        name = os.path.relpath(path, root).replace(os.sep, '/') if dataset == 'folder' \
+            else os.path.basename(path)
+        h.update(f'{name} {_sha256(_file_key(path))}\n'.encode())
     return h.hexdigest()[:16]
 
 
@@ -380,9 +582,9 @@ def gcn_l1(x):
 @dataclasses.dataclass
 class OneClassData:
     x_train: torch.Tensor       # (n, C, H, W) float32, min-max scaled to [0, 1]
-    x_test: torch.Tensor        # (10000, C, H, W) float32, scaled with the training constants
+    x_test: torch.Tensor        # (10000, C, H, W) float32 (a folder: n_test), scaled with the train constants
     y_test: torch.Tensor        # (10000,) int64, 1 = anomaly (another class), 0 = normal
-    test_classes: torch.Tensor  # (10000,) int64, the original labels 0..9
+    test_classes: torch.Tensor  # (10000,) int64, the original labels 0..9 (a folder: its class indices)
     train_index: torch.Tensor   # (n,) int64, indices into the official training set, in x_train order
     polluted: torch.Tensor      # (n,) bool, True for the injected anomalies
     scale: tuple                # (lo, hi): min and max of the training pixels after GCN; (0, 1) per image
@@ -390,7 +592,7 @@ class OneClassData:
     normal_class: int
 
 
-_ARRAYS = {'mnist': _mnist_arrays, 'cifar10': _cifar_arrays}
+_ARRAYS = {'mnist': _mnist_arrays, 'cifar10': _cifar_arrays, 'folder': _folder_arrays}
 
 
 def _to_float64(x):
@@ -407,20 +609,50 @@ def minmax_per_image(x):
     return (x - lo).div_(span.clamp_min(torch.finfo(x.dtype).tiny))
 
 
+def _normalise(x, scaling):
+    """Before the min-max: GCN (class), each image's own min-max (image), or nothing (minmax)."""
+    return gcn_l1(x) if scaling == 'class' else minmax_per_image(x) if scaling == 'image' else x
+
+
+def preprocess(images, scaling, scale):
+    """uint8 images (N, H, W) or (N, C, H, W) -> float32 (N, C, H, W): what one_class_split does to the test set,
+    with a run's two training constants scale = (lo, hi) (metrics.json): for new images (score.py)."""
+    lo, hi = scale
+    return ((_normalise(_to_float64(images), scaling) - lo) / (hi - lo)).to(torch.float32)
+
+
+def read_images(paths):
+    """Image files (PNG or JPEG) -> (uint8 (N, H, W) or (N, 3, H, W), channels, (h, w) of the files), decoded
+    and resized as the folder data set's are; DataError naming two files that differ in kind or size."""
+    ref, out = None, []
+    for path in paths:
+        mode, size, pixels = _read_image(path, ref)
+        ref = ref or (path, mode, size)
+        out.append(pixels)
+    if not out:
+        raise DataError('no image to read: give PNG or JPEG files, or folders that hold some.')
+    return np.stack(out), FOLDER_MODES[ref[1]], ref[2]
+
+
 def one_class_split(dataset, normal_class, pollution_rate=0.0, seed=0, root='data', device='cpu',
                     scaling='class'):
     """Deep SVDD's one-class experiment for `normal_class`, optionally polluted (see the module docstring).
 
-    scaling: 'class' (the paper's GCN + min-max with the training set's two constants) or 'image' (the
-    seed lab's per-image min-max).
+    scaling: 'class' (the paper's GCN + min-max with the training set's two constants), 'minmax' (the same
+    min-max without GCN: the Deep SVDD code's shallow baselines where it passes no --gcn) or 'image' (the seed
+    lab's per-image min-max).
     """
     if dataset not in _ARRAYS:
         raise ValueError(f'dataset must be one of {sorted(_ARRAYS)}, not {dataset!r}.')
-    if scaling not in ('class', 'image'):
-        raise ValueError(f"scaling must be 'class' or 'image', not {scaling!r}.")
+    if scaling not in ('class', 'minmax', 'image'):
+        raise ValueError(f"scaling must be 'class', 'minmax' or 'image', not {scaling!r}.")
+    classes = folder_classes(root) if dataset == 'folder' else range(10)  # a folder: its sorted class names
     if isinstance(normal_class, bool) or not isinstance(normal_class, (int, np.integer)) \
-            or not 0 <= normal_class <= 9:
-        raise ValueError(f'normal_class must be an integer class label in 0..9, not {normal_class!r}.')
+            or not 0 <= normal_class < len(classes):
+        names = f' (the classes {", ".join(classes)}: data.class_index maps a name to its index)' \
+            if dataset == 'folder' else ''
+        raise ValueError(f'normal_class must be an integer class label in 0..{len(classes) - 1}{names}, '
+                         f'not {normal_class!r}.')
     if not 0 <= pollution_rate < 1:
         raise ValueError(f'pollution_rate is the anomalies\' share of the train set, so it must lie in '
                          f'[0, 1), not {pollution_rate!r}.')
@@ -436,13 +668,11 @@ def one_class_split(dataset, normal_class, pollution_rate=0.0, seed=0, root='dat
     injected = np.sort(rng.choice(others, size=k_p, replace=False))  # uniform, without replacement
     train_index = np.concatenate([normal, injected])  # normal first, then the anomalies
 
+    x_train = _normalise(_to_float64(x_all[train_index]), scaling)  # (n, C, H, W) float64
+    x_test = _normalise(_to_float64(x_te), scaling)  # (10000, C, H, W) float64
     if scaling == 'image':
-        x_train = minmax_per_image(_to_float64(x_all[train_index]))
-        x_test = minmax_per_image(_to_float64(x_te))
         lo, hi = 0.0, 1.0  # no shared constants: (0, 1) leaves the images as they are below
     else:
-        x_train = gcn_l1(_to_float64(x_all[train_index]))  # (n, C, H, W) float64
-        x_test = gcn_l1(_to_float64(x_te))  # (10000, C, H, W) float64
         lo, hi = x_train.min().item(), x_train.max().item()  # over ALL pixels of the train set
     dev = torch.device(device)
     return OneClassData(

@@ -9,7 +9,9 @@ Conventions, the same for every method in this codebase
 - scores s: higher = more anomalous, for every method (Deep SVDD: ||phi(x) - c||^2, minus R^2 for the
   soft-boundary objective; OC-NN: r - f(x); AE/RCAE: reconstruction error). A flipped score turns an AUROC a
   into 1 - a, so an AUROC well below 0.5 usually means a sign bug, not a bad model.
-- A point is flagged as an anomaly at threshold t when s >= t.
+- A point is flagged as an anomaly at threshold t when s >= t on the ROC and PR curves, which sweep t over
+  the scores; the decision a run stores flags s > t, t from the training scores (5), so that a training point
+  exactly on Deep SVDD's sphere or OC-NN's hyperplane counts as normal, as in those papers.
 
 Equations
 ---------
@@ -28,6 +30,9 @@ Equations
     distinct thresholds t_1 > t_2 > ... > t_m, with R_0 = 0:
         AP = sum_k (R_k - R_{k-1}) P_k.
     AP = 1 for a perfect ranking; a random ranking gets about the base rate n_1 / n.
+(5) Decision threshold from the n training scores at a level q (nu, or a flag rate): t = s_(n-k+1), k = ceil(q n),
+    the (1 - q)-quantile; flagged = s > t.
+(6) At t, on the test set: precision = TP / (TP + FP), recall = TP / n_1, F1 = 2 P R / (P + R).
 
 Symbols
 -------
@@ -140,6 +145,34 @@ def summarize(labels, scores):
     y, _ = _check(labels, scores, 'summarize')
     return {'auroc': auroc(labels, scores), 'average_precision': average_precision(labels, scores),
             'n_normal': int((y == 0).sum()), 'n_anomalous': int((y == 1).sum())}
+
+
+def quantile_threshold(train_scores, level):
+    """(5) The decision threshold: t = the (1 - level)-quantile of the training scores.
+
+    With k = ceil(level n) and s_(1) <= ... <= s_(n), t = s_(n-k+1): fewer than level n training scores lie
+    above t (those are flagged, s > t) and at least level n lie at or above it. This is the nu-property that
+    soft-boundary Deep SVDD's R and OC-NN's r satisfy by construction with level = nu, so for them t = 0 in
+    score units (s = d^2 - R^2, s = r - y_hat): the flag is "outside the sphere" / "below the hyperplane".
+    """
+    s = np.sort(np.asarray(train_scores, dtype=np.float64).ravel())
+    if s.size == 0 or not 0 < level < 1 + 1e-12:
+        raise ValueError(f'quantile_threshold: need training scores and a level in (0, 1], got {s.size} scores '
+                         f'and level {level!r}.')
+    k = max(1, math.ceil(level * s.size - 1e-9))                # guard 0.1 * 6000 = 600.0000001
+    return float(s[s.size - k])
+
+
+def decision(labels, scores, threshold):
+    """(6) The flags s > t on a labelled set: precision TP / (TP + FP), recall TP / n_1, F1 their harmonic mean
+    (0 where undefined), and the fraction of the set flagged."""
+    y, s = _check(labels, scores, 'decision', both_classes=False)
+    flagged = s > threshold
+    tp, fp = int((flagged & (y == 1)).sum()), int((flagged & (y == 0)).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / max(1, int(y.sum()))
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {'precision': precision, 'recall': recall, 'f1': f1, 'test_flagged': float(flagged.mean())}
 
 
 # ------------------------------------------------------------------------------------------------------- plots
@@ -293,4 +326,49 @@ def plot_extremes(images, scores, labels, path, k=16, title=''):
     every = f'every image here is a normal test image (label 0): {min(2 * k, normal.size)} of the {normal.size}'
     fig.suptitle(f'{title}\n{every}' if title else every, fontsize=10)
     fig.text(0.5, 0.005, 'number under each image = its anomaly score', ha='center', fontsize=8)
+    return _save(fig, path)
+
+
+def plot_codes(codes, labels, scores, threshold, path, title='', center=None, R2=0.0, direction=None):
+    """What the objective did to the representation: the test codes on their first two principal components
+    (normal and anomalous in two colours; Deep SVDD's centre c and the threshold sphere, whose outline in any
+    projection through c is a circle of its radius; OC-NN's direction u as an arrow), beside a histogram of
+    the scores with the decision threshold.
+
+    codes: (N, D); scores and threshold in score units (Deep SVDD: d^2 - R^2, so the sphere's radius is
+    sqrt(threshold + R^2)); center (D,), direction (D,) or None.
+    """
+    z = np.asarray(codes, dtype=np.float64)
+    y, s = _check(labels, scores, 'plot_codes', both_classes=False)
+    mean = z.mean(0)
+    _, _, vt = np.linalg.svd(z - mean, full_matrices=False)       # principal directions of the test codes
+    P = vt[:2].T if vt.shape[0] >= 2 else np.eye(z.shape[1], 2)   # (D, 2)
+    xy = (z - mean) @ P
+    fig, (ax, hx) = plt.subplots(1, 2, figsize=(11, 4.6), layout='constrained')
+    for value, name, color in ((0, 'normal', 'tab:blue'), (1, 'anomalous', 'tab:red')):
+        part = xy[y == value]
+        ax.scatter(part[:, 0], part[:, 1], s=4, alpha=0.35, color=color, label=f'{name} (n = {len(part)})')
+    if center is not None:
+        c = (np.asarray(center, dtype=np.float64) - mean) @ P
+        ax.scatter(*c, marker='x', s=30, color='black', label='c')
+        radius = math.sqrt(max(threshold + R2, 0.0))
+        ax.add_patch(plt.Circle(c, radius, fill=False, ls='--', color='black', label='threshold sphere'))
+    if direction is not None:
+        u = np.asarray(direction, dtype=np.float64) @ P
+        scale = np.abs(xy).max() / max(np.linalg.norm(u), 1e-12) / 2
+        ax.annotate('', xy=u * scale, xytext=(0, 0), arrowprops=dict(arrowstyle='->', lw=2))
+        ax.plot([], [], color='black', label='OC-NN direction u = V^T w')
+    ax.set(xlabel='principal component 1 of the test codes', ylabel='principal component 2',
+           title=title or 'test codes')
+    ax.set_aspect('equal', adjustable='datalim')
+    ax.legend(fontsize=8, markerscale=2)
+    bins = np.histogram_bin_edges(s, bins=int(np.clip(np.sqrt(s.size), 10, 60)))
+    for value, name, color in ((0, 'normal', 'tab:blue'), (1, 'anomalous', 'tab:red')):
+        part = s[y == value]
+        if part.size:
+            hx.hist(part, bins=bins, weights=np.full(part.size, 1 / part.size), alpha=0.5, color=color,
+                    label=name)
+    hx.axvline(threshold, color='black', ls='--', label=f'threshold {threshold:.4g} (flagged: above)')
+    hx.set(xlabel='anomaly score', ylabel='fraction of the group per bin', title='test scores and the decision')
+    hx.legend(fontsize=8)
     return _save(fig, path)

@@ -49,10 +49,13 @@ import data
 import evaluate
 import ocnn
 import rcae
+import shallow
 import svdd
 import training
 
-OBJECTIVES = ("svdd", "soft-svdd", "ocnn", "ae")
+DEEP = ("svdd", "soft-svdd", "ocnn", "ae")
+SHALLOW = ("kde", "ocsvm", "iforest")                                 # shallow.py: on pixels or on codes
+NU_OBJECTIVES = ("soft-svdd", "ocnn", "ocsvm")                        # their threshold is set by nu
 
 # The values of the fields left at None, per dataset and --settings. "paper": the settings measured closest
 # to the Deep SVDD paper's Table 1; on MNIST those of the paper's own (Theano) code: Glorot + dictionary
@@ -86,6 +89,15 @@ def finite(v):
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
+def _number(text):
+    """float(text) if it is a finite number, else None."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
 POSITIVE = Valid("a finite number > 0", lambda v: finite(v) and v > 0)
 NONNEG = Valid("a finite number >= 0", lambda v: finite(v) and v >= 0)
 COUNT = Valid("an integer >= 1", lambda v: v >= 1)
@@ -112,12 +124,15 @@ def opt(default, help, valid=None, factory=False):
 @dataclasses.dataclass
 class Config:
     # data
-    dataset: str = opt("mnist", "the data set", one_of("mnist", "cifar10"))
-    normal_class: int = opt(0, "the normal class (sweep.py runs several)", Valid("0..9", lambda v: 0 <= v <= 9))
+    dataset: str = opt("mnist", "the data set; folder: --data-root DIR with DIR/train/<class>/, DIR/test/<class>/",
+                       one_of("mnist", "cifar10", "folder"))
+    normal_class: int = opt(0, "the normal class, an index (a folder's: its name too; sweep.py runs several)",
+                            Valid("an index (0..9 for mnist and cifar10)", lambda v: isinstance(v, int) and v >= 0))
     pollution_rate: float = opt(0.0, "fraction of anomalies mixed into the training set",
                                 Valid("a number in [0, 1)", lambda v: finite(v) and 0 <= v < 1))
     scaling: str = opt("class", "class = GCN, then min-max with the training set's two constants (the papers); "
-                                "image = each image min-max scaled alone (the seed lab's)", one_of("class", "image"))
+                                "minmax = the same without GCN; image = each image min-max scaled alone (the "
+                                "seed lab's)", one_of("class", "minmax", "image"))
     seed: int = opt(0, "seeds torch, numpy, the batch order and the pollution draw",
                     Valid("an integer in [0, 2^32)", lambda v: 0 <= v < 2 ** 32))
     data_root: str = opt("data", "where the data sets are read, and downloaded when missing",
@@ -146,10 +161,13 @@ class Config:
     rcae_lambda: float = opt(0.1, "RCAE: l1 weight of N; threshold lambda/2", NONNEG)
     rcae_iters: int = opt(5, "RCAE: outer iterations T; each runs ae_epochs / T epochs", COUNT)
     # objective (stage 2)
-    objective: str = opt("svdd", "one-class / soft-boundary Deep SVDD, OC-NN, or the DCAE reconstruction error",
-                         one_of(*OBJECTIVES))
-    nu: float = opt(0.1, "soft-svdd / ocnn: the fraction of training points allowed beyond R / below r",
+    objective: str = opt("svdd", "one-class / soft-boundary Deep SVDD, OC-NN, the DCAE reconstruction error, "
+                                 "or a shallow detector: KDE, OC-SVM, Isolation Forest", one_of(*DEEP, *SHALLOW))
+    nu: float = opt(0.1, "soft-svdd / ocnn / ocsvm: the fraction of training points allowed beyond R / below r",
                     Valid("a number in (0, 1]", lambda v: finite(v) and 0 < v <= 1))
+    flag_rate: float = opt(0.1, "the objectives without nu: the fraction of training images beyond the "
+                                "decision threshold (their (1 - flag_rate)-quantile)",
+                           Valid("a number in (0, 1)", lambda v: finite(v) and 0 < v < 1))
     svdd_epochs: int = opt(150, "Deep SVDD epochs", COUNT)
     svdd_lr: float = opt(1e-4, "Deep SVDD Adam learning rate", POSITIVE)
     svdd_milestones: list = opt(lambda: [50], "Deep SVDD lr x0.1 after these epochs", EPOCHS, factory=True)
@@ -172,6 +190,21 @@ class Config:
     encoder_lr_drop: bool = opt(True, "OC-NN joint: the encoder's lr drops x0.1 with the head's; "
                                       "--no-encoder-lr-drop keeps it (the seed lab's code)",
                                 on_off("encoder-lr-drop"))
+    features: str = opt("pixels", "kde / ocsvm / iforest: on the preprocessed pixels, or on the codes of the "
+                                  "pretrained autoencoder (the same cache as the deep objectives)",
+                        one_of("pixels", "codes"))
+    pca: float = opt(0.0, "kde / ocsvm / iforest: keep this fraction of the training variance by PCA first "
+                          "(0: no PCA)", Valid("a number in [0, 1]", lambda v: finite(v) and 0 <= v <= 1))
+    kde_bandwidth: float = opt(None, "KDE bandwidth h; None = 5-fold cross-validated over the paper code's "
+                                     "grid 2^linspace(-4.5, 5, 20)",
+                              Valid("a finite number > 0", lambda v: v is None or (finite(v) and v > 0)))
+    ocsvm_gamma: str = opt("scale", "OC-SVM RBF gamma: a number; scale = 1 / (d Var(x)) from the training data; "
+                                    "test-auroc = the paper code's grid search on 10 %% of the LABELLED TEST set "
+                                    "(the other 90 %% scored)",
+                           Valid("a number > 0, scale or test-auroc", lambda v: v in ("scale", "test-auroc") or
+                                 (_number(v) is not None and _number(v) > 0)))
+    iforest_trees: int = opt(100, "Isolation Forest: trees", COUNT)
+    iforest_samples: int = opt(256, "Isolation Forest: subsample size psi of each tree", COUNT)
     # run: where and how, not what (not part of a run's identity)
     device: str = opt("auto", "auto picks CUDA when present", one_of("auto", "cpu", "cuda"))
     out: str = opt("runs", "where run folders, sweeps and the autoencoder cache go",
@@ -190,8 +223,12 @@ TYPES = {"nu": float, "ocnn_clip": float, "rep_dim": int, "ae_epochs": int, "ae_
 # Which settings each choice uses; the rest serve every run. A flag given for a run that does not use it
 # gets a one-line warning, and only used settings key a sweep folder, a cache entry and the resume match.
 USES = [
-    (("rcae_lambda", "rcae_iters"), "--pretrain rcae", lambda c: c.pretrain == "rcae"),
-    (("nu",), "--objective soft-svdd or ocnn", lambda c: c.objective in ("soft-svdd", "ocnn")),
+    (("pretrain", "rep_dim", "ae_epochs", "ae_lr", "ae_milestones", "ae_weight_decay", "ae_init", "bn_affine"),
+     "a deep objective or --features codes", lambda c: pretrains(c)),
+    (("batch_size",), "a deep objective or --features codes", lambda c: pretrains(c)),
+    (("rcae_lambda", "rcae_iters"), "--pretrain rcae", lambda c: pretrains(c) and c.pretrain == "rcae"),
+    (("nu",), "--objective soft-svdd, ocnn or ocsvm", lambda c: c.objective in NU_OBJECTIVES),
+    (("flag_rate",), "an objective without nu", lambda c: c.objective not in NU_OBJECTIVES),
     (("svdd_epochs", "svdd_lr", "svdd_milestones", "svdd_weight_decay"), "--objective svdd or soft-svdd",
      lambda c: c.objective in ("svdd", "soft-svdd")),
     (("svdd_warmup",), "--objective soft-svdd", lambda c: c.objective == "soft-svdd"),
@@ -199,10 +236,26 @@ USES = [
       "joint"), "--objective ocnn", lambda c: c.objective == "ocnn"),
     (("encoder_lr", "encoder_weight_decay", "encoder_lr_drop"), "--objective ocnn --joint",
      lambda c: c.objective == "ocnn" and c.joint),
+    (("features", "pca"), "--objective kde, ocsvm or iforest", lambda c: c.objective in SHALLOW),
+    (("kde_bandwidth",), "--objective kde", lambda c: c.objective == "kde"),
+    (("ocsvm_gamma",), "--objective ocsvm", lambda c: c.objective == "ocsvm"),
+    (("iforest_trees", "iforest_samples"), "--objective iforest", lambda c: c.objective == "iforest"),
 ]
 PRETRAIN_FIELDS = ("dataset", "normal_class", "pollution_rate", "scaling", "seed", "pretrain", "rep_dim",
                    "batch_size", "ae_epochs", "ae_lr", "ae_milestones", "ae_weight_decay", "ae_init", "bn_affine",
                    "rcae_lambda", "rcae_iters")                       # what the autoencoder depends on
+
+
+def pretrains(cfg):
+    """Does the run have a stage 1? Every deep objective does; a shallow detector only on codes."""
+    return cfg.objective in DEEP or cfg.features == "codes"
+
+
+def network(cfg):
+    """Which of ae.py's networks (and PRESETS): a folder of greyscale images gets MNIST's, of colour CIFAR-10's."""
+    if cfg.dataset != "folder":
+        return cfg.dataset
+    return "mnist" if data.folder_facts(cfg.data_root)["channels"] == 1 else "cifar10"
 
 
 class UserError(Exception):
@@ -216,10 +269,19 @@ class Parser(argparse.ArgumentParser):
 
 
 def one_class_arg(text):
-    """--normal-class of run.py: one class; a list or 'all' is sweep.py's."""
-    if not (text.isascii() and text.isdigit()):
-        raise argparse.ArgumentTypeError(f"{text!r} is not one class in 0..9 (python sweep.py --normal-class "
-                                         f"{text} runs several)")
+    """--normal-class of run.py: one class (an index, or a folder's class name); a list or 'all' is sweep.py's."""
+    if text == "all" or "," in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one class (python sweep.py --normal-class {text} "
+                                         f"runs several)")
+    return text
+
+
+def class_of(dataset, root, text):
+    """--normal-class as an index: a folder's class by name or index (data.class_index), else 0..9."""
+    if dataset == "folder":
+        return data.class_index(root, text)
+    if not (text.isascii() and text.isdigit() and int(text) <= 9):
+        raise UserError(f"--normal-class must be 0..9 for {dataset}, got {text!r}.")
     return int(text)
 
 
@@ -250,7 +312,13 @@ def make_config(given):
     """A checked Config from the flags given ({field: value}): the fields left at None from PRESETS, every
     value against its Valid, one warning line per given flag the run does not use (USES)."""
     cfg = Config(**given)
-    preset = PRESETS[cfg.dataset, cfg.settings] if (cfg.dataset, cfg.settings) in PRESETS else {}
+    try:                                                              # a folder's problems are the user's to fix
+        if isinstance(cfg.normal_class, str) and cfg.data_root:       # from the command line: index or name
+            cfg.normal_class = class_of(cfg.dataset, cfg.data_root, cfg.normal_class)
+        known = cfg.dataset in ("mnist", "cifar10") or (cfg.dataset == "folder" and cfg.data_root)
+        preset = PRESETS.get((network(cfg), cfg.settings), {}) if known else {}
+    except data.DataError as e:
+        raise UserError(str(e)) from None
     for key, value in preset.items():
         if getattr(cfg, key) is None:
             setattr(cfg, key, value)
@@ -295,8 +363,9 @@ def key_of(*parts):
 
 
 def method_name(cfg):
-    """e.g. 'ae+svdd', 'rcae+ocnn-joint': the representation and the objective of a run (the table above)."""
-    return f"{cfg.pretrain}+{cfg.objective}" + ("-joint" if cfg.objective == "ocnn" and cfg.joint else "")
+    """e.g. 'ae+svdd', 'rcae+ocnn-joint', 'pixels+kde': the representation and the objective (the table above)."""
+    representation = cfg.pretrain if pretrains(cfg) else "pixels"
+    return f"{representation}+{cfg.objective}" + ("-joint" if cfg.objective == "ocnn" and cfg.joint else "")
 
 
 def banner(text):
@@ -309,7 +378,7 @@ def seed_all(seed):
 
 
 # ---------------------------------------------------------------------------------------------------
-# The experiment: data -> stage 1 -> stage 2 -> scores
+# The experiment: data -> stage 1 -> stage 2 -> the score function
 # ---------------------------------------------------------------------------------------------------
 
 def data_identity(cfg):
@@ -346,7 +415,7 @@ def pretrain(cfg, d, device, data_id, clock):
     """
     path = cache_path(cfg, data_id)
     seed_all(cfg.seed)                                                # weight init depends on the seed only
-    model = ae.build_autoencoder(cfg.dataset, cfg.rep_dim, cfg.bn_affine).to(device)
+    model = ae.build_autoencoder(network(cfg), cfg.rep_dim, cfg.bn_affine).to(device)
     banner(f"stage 1: pretraining ({cfg.pretrain}) on {len(d.x_train)} training images")
     with training.Lock(path + ".lock", wait=True):
         saved = training.load_torch(path, "cached autoencoder", "it is trained again")
@@ -374,12 +443,25 @@ def pretrain(cfg, d, device, data_id, clock):
 
 
 def one_class(cfg, d, model, checkpoint):
-    """Stage 2: the objective on the pretrained encoder. Returns (test scores, history, state to save)."""
+    """Stage 2: the objective on the pretrained encoder, or a shallow detector on pixels or codes.
+
+    Returns (history, state, info): state holds what scores an image (model.pt saves it; `scorer` makes the
+    score function of it), info the shallow detectors' chosen bandwidth or gamma.
+    """
     seed_all(cfg.seed)                                                # same start with or without the cache
     kw = dict(batch_size=cfg.batch_size, seed=cfg.seed, verbose=not cfg.quiet, checkpoint=checkpoint)
     if cfg.objective == "ae":
         banner("stage 2: none (DCAE baseline: the score is the reconstruction error)")
-        return ae.reconstruction_scores(model, d.x_test), [], {}
+        return [], {}, {}
+    if cfg.objective in SHALLOW:
+        banner(f"stage 2: {cfg.objective} on the {cfg.features} of {len(d.x_train)} training images")
+        features = shallow_input(model)
+        gamma = _number(cfg.ocsvm_gamma) or cfg.ocsvm_gamma
+        test = (features(d.x_test), d.y_test.cpu().numpy()) if gamma == "test-auroc" else (None, None)
+        detector, info = shallow.fit(cfg.objective, features(d.x_train), pca=cfg.pca, nu=cfg.nu,
+                                     bandwidth=cfg.kde_bandwidth, gamma=gamma, trees=cfg.iforest_trees,
+                                     psi=cfg.iforest_samples, seed=cfg.seed, x_test=test[0], y_test=test[1])
+        return [], {"detector": detector}, info
     phi = ae.encoder_copy(model)                                      # the AE itself stays untouched
     if cfg.objective in ("svdd", "soft-svdd"):
         objective = "one-class" if cfg.objective == "svdd" else "soft-boundary"
@@ -387,7 +469,7 @@ def one_class(cfg, d, model, checkpoint):
         c, R, history = svdd.train_svdd(phi, d.x_train, objective=objective, nu=cfg.nu, epochs=cfg.svdd_epochs,
                                         lr=cfg.svdd_lr, weight_decay=cfg.svdd_weight_decay,
                                         milestones=cfg.svdd_milestones, warmup=cfg.svdd_warmup, **kw)
-        return svdd.svdd_scores(phi, c, d.x_test, R), history, {"phi": phi.state_dict(), "c": c, "R": R}
+        return history, {"phi": phi.state_dict(), "c": c, "R": R}, {}
     banner(f"stage 2: OC-NN ({'joint' if cfg.joint else 'z-only'}, nu={cfg.nu})")
     head, r, history = ocnn.train_ocnn(phi, d.x_train, joint=cfg.joint, nu=cfg.nu, epochs=cfg.ocnn_epochs,
                                        lr=cfg.ocnn_lr, lr_drop_epoch=cfg.ocnn_lr_drop, encoder_lr=cfg.encoder_lr,
@@ -395,8 +477,50 @@ def one_class(cfg, d, model, checkpoint):
                                        encoder_lr_drop=cfg.encoder_lr_drop, hidden=cfg.ocnn_hidden,
                                        activation=cfg.ocnn_activation, normalize=cfg.ocnn_normalize,
                                        clip=cfg.ocnn_clip, **kw)
-    return ocnn.ocnn_scores(phi, head, r, d.x_test), history, {"phi": phi.state_dict(),
-                                                               "head": head.state_dict(), "r": r}
+    return history, {"phi": phi.state_dict(), "head": head.state_dict(), "r": r}, {}
+
+
+def codes_of(model):
+    """z = the autoencoder's encoder output, in eval mode: what a shallow detector on codes sees."""
+    return lambda x: ae.encode(model.encoder, x)
+
+
+def shallow_input(model):
+    """x -> what a shallow detector sees, on the CPU: the autoencoder's codes, or (no model) the pixels."""
+    return (lambda x: codes_of(model)(x).cpu()) if model is not None else (lambda x: x.flatten(1).cpu())
+
+
+def scorer(cfg, state, device):
+    """The score function s(x) (higher = more anomalous) of a trained run, from its state as model.pt holds it:
+    the one path from images to scores, for the test set, the training set (the threshold) and score.py.
+
+    Returns (score, view): view holds what codes.png draws: codes(x), what the objective sees of x (None on
+    pixels), and Deep SVDD's centre c and R^2, or OC-NN's direction u = V^T w (linear g).
+    """
+    net, view, model = network(cfg), {"codes": None}, None
+    if "ae" in state and (cfg.objective == "ae" or cfg.objective in SHALLOW):
+        model = ae.build_autoencoder(net, cfg.rep_dim, cfg.bn_affine).to(device)
+        model.load_state_dict(state["ae"])
+        view["codes"] = codes_of(model)
+    if cfg.objective == "ae":
+        return (lambda x: ae.reconstruction_scores(model, x)), view
+    if cfg.objective in SHALLOW:
+        features = shallow_input(model)
+        return (lambda x: shallow.score(cfg.objective, state["detector"], features(x))), view
+    phi = ae.build_encoder(net, cfg.rep_dim, cfg.bn_affine).to(device)
+    phi.load_state_dict(state["phi"])
+    view["codes"] = lambda x: ae.encode(phi, x)
+    if cfg.objective in ("svdd", "soft-svdd"):
+        c, R = state["c"].to(device), state["R"]
+        view.update(center=c, R2=R ** 2)
+        return (lambda x: svdd.svdd_scores(phi, c, x, R)), view
+    head = ocnn.OCNN(cfg.rep_dim, cfg.ocnn_hidden, cfg.ocnn_activation, cfg.ocnn_normalize).to(device)
+    head.load_state_dict(state["head"])
+    if cfg.ocnn_normalize:                                            # the head sees unit codes
+        view["codes"] = lambda x: torch.nn.functional.normalize(ae.encode(phi, x), dim=1, eps=1e-8)
+    if cfg.ocnn_activation == "linear":
+        view["direction"] = (head.w.weight @ head.V.weight).squeeze(0).detach()   # (D,) u = V^T w
+    return (lambda x: ocnn.ocnn_scores(phi, head, state["r"], x)), view
 
 
 def to_cpu(v):
@@ -417,54 +541,83 @@ def run_experiment(cfg, run_dir, device, data_id):
         clock = training.Clock(os.path.join(run_dir, "seconds.json"))  # > 0 s before: an interrupted run resumes
         seed_all(cfg.seed)
         d = load_data(cfg, device)
-        training.write_json(os.path.join(run_dir, "config.json"), {**dataclasses.asdict(cfg), **data_id})
-        model, pre_history, extra = pretrain(cfg, d, device, data_id, clock)
+        facts = {"folder": data.folder_facts(cfg.data_root)} if cfg.dataset == "folder" else {}
+        if facts and facts["folder"]["resized_from"]:
+            print(f"resized every image from {facts['folder']['resized_from']} to {facts['folder']['size']} "
+                  f"({facts['folder']['interpolation']} interpolation)")
+        training.write_json(os.path.join(run_dir, "config.json"),
+                            {**dataclasses.asdict(cfg), **data_id, "network": network(cfg), **facts})
+        model, pre_history, extra = pretrain(cfg, d, device, data_id, clock) if pretrains(cfg) else (None, [], {})
         checkpoint = training.Checkpoint(os.path.join(run_dir, "checkpoint.pt"), cfg.checkpoint_seconds, clock)
-        scores, history, state = one_class(cfg, d, model, checkpoint)
+        history, state, info = one_class(cfg, d, model, checkpoint)
+        state = {"ae": model.state_dict(), **state} if model is not None else state
+        score, view = scorer(cfg, state, device)
 
-        labels, scores = d.y_test.cpu().numpy(), scores.cpu().numpy()
+        labels, scores = d.y_test.cpu().numpy(), score(d.x_test).cpu().numpy()
+        scored = np.asarray(info.pop("eval_index", np.arange(len(labels))))  # all but a gamma holdout
+        level = cfg.nu if cfg.objective in NU_OBJECTIVES else cfg.flag_rate
+        train_scores = score(d.x_train).cpu().numpy()
+        threshold = evaluate.quantile_threshold(train_scores, level)  # the decision: flagged = s > threshold
         stages = {f"pretrain ({cfg.pretrain})": pre_history, cfg.objective: history}
         training.write_json(os.path.join(run_dir, "history.json"), stages)
-        write_scores(os.path.join(run_dir, "scores.csv"), labels, scores)
+        write_scores(os.path.join(run_dir, "scores.csv"), labels, scores, threshold)
         if d.polluted.any():
             training.write_json(os.path.join(run_dir, "pollution.json"),
                                 {"polluted_train_indices": d.train_index[d.polluted].tolist()})
-        training.save_torch({"config": dataclasses.asdict(cfg), "ae": to_cpu(model.state_dict()),
-                             **{k: to_cpu(v) for k, v in state.items()}}, os.path.join(run_dir, "model.pt"))
-        name = plot_run(cfg, d, stages, labels, scores, os.path.join(run_dir, "plots"))
-        metrics = evaluate.summarize(labels, scores)
-        metrics.update(extra, normal_class=d.normal_class, seed=cfg.seed, n_train=len(d.x_train), scale=list(d.scale),
-                       device=str(device), seconds=round(clock.total(), 2), seconds_before_resume=round(clock.before, 2))
+        training.save_torch({"config": dataclasses.asdict(cfg), "threshold": threshold, "scale": list(d.scale),
+                             **to_cpu(state)}, os.path.join(run_dir, "model.pt"))
+        name = plot_run(cfg, d, stages, labels, scores, view, threshold, os.path.join(run_dir, "plots"))
+        metrics = evaluate.summarize(labels[scored], scores[scored])
+        metrics.update(evaluate.decision(labels[scored], scores[scored], threshold), threshold=threshold,
+                       threshold_level=level, train_flagged=float((train_scores > threshold).mean()))
+        metrics.update(extra, **info, normal_class=d.normal_class, seed=cfg.seed, n_train=len(d.x_train),
+                       n_test_scored=len(scored), scale=list(d.scale), device=str(device),
+                       seconds=round(clock.total(), 2), seconds_before_resume=round(clock.before, 2))
         training.write_json(os.path.join(run_dir, "metrics.json"), metrics)  # last: marks the run finished
         checkpoint.remove()
         if os.path.exists(clock.path):                                # the seconds are in metrics.json now
             os.remove(clock.path)
-    print(f"\nAUROC {100 * metrics['auroc']:.2f}  AP {100 * metrics['average_precision']:.2f}  "
-          f"({name}, seed {cfg.seed}, {metrics['seconds']:.0f}s) -> {run_dir}")
+    print(f"\nAUROC {100 * metrics['auroc']:.2f}  AP {100 * metrics['average_precision']:.2f}  at the threshold: "
+          f"precision {100 * metrics['precision']:.1f} recall {100 * metrics['recall']:.1f} F1 {100 * metrics['f1']:.1f}"
+          f" (train flagged {100 * metrics['train_flagged']:.1f}%)  ({name}, seed {cfg.seed}, {metrics['seconds']:.0f}s)"
+          f" -> {run_dir}")
     return metrics
 
 
-def write_scores(path, labels, scores):
-    """scores.csv: test index, label (1 = anomaly), score (higher = more anomalous), written whole."""
+def write_scores(path, labels, scores, threshold):
+    """scores.csv: test index, label (1 = anomaly), score (higher = more anomalous), flagged (score above the
+    threshold), written whole."""
     def write(tmp):
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["test_index", "label", "score"])
-            w.writerows((i, int(y), f"{s:.9g}") for i, (y, s) in enumerate(zip(labels, scores)))
+            w.writerow(["test_index", "label", "score", "flagged"])
+            w.writerows((i, int(y), f"{s:.9g}", int(s > threshold)) for i, (y, s) in enumerate(zip(labels, scores)))
     training.write_whole(path, write)
 
 
-def plot_run(cfg, d, stages, labels, scores, folder):
-    """plots/: training curves, score histograms, ROC and PR curves, the extreme normal test images."""
-    method = {"svdd": "one-class Deep SVDD", "soft-svdd": "soft-boundary Deep SVDD", "ae": "reconstruction error",
-              "ocnn": f"OC-NN {'joint' if cfg.joint else 'z-only'}"}[cfg.objective]
-    name = f"{cfg.dataset} class {d.normal_class}: {cfg.pretrain.upper()} + {method}"
+METHOD_NAMES = {"svdd": "one-class Deep SVDD", "soft-svdd": "soft-boundary Deep SVDD", "ae": "reconstruction error",
+                "kde": "KDE", "ocsvm": "OC-SVM", "iforest": "Isolation Forest"}
+
+
+def plot_run(cfg, d, stages, labels, scores, view, threshold, folder):
+    """plots/: training curves, score histograms, ROC and PR curves, the extreme normal test images, the codes."""
+    method = METHOD_NAMES.get(cfg.objective) or f"OC-NN {'joint' if cfg.joint else 'z-only'}"
+    name = f"{cfg.dataset} class {d.normal_class}: {method_name(cfg).split('+')[0].upper()} + {method}"
     os.makedirs(folder, exist_ok=True)
-    evaluate.plot_history(stages, os.path.join(folder, "training.png"))
+    if any(stages.values()):                                          # a shallow detector on pixels: no epochs
+        evaluate.plot_history(stages, os.path.join(folder, "training.png"))
     evaluate.plot_score_hist(labels, scores, os.path.join(folder, "score_hist.png"), title=name)
     evaluate.plot_roc_pr(labels, scores, os.path.join(folder, "roc_pr.png"), title=name)
     evaluate.plot_extremes(d.x_test.cpu().numpy(), scores, labels, os.path.join(folder, "extremes.png"), title=name)
+    if view["codes"] is not None:
+        evaluate.plot_codes(view["codes"](d.x_test).cpu().numpy(), labels, scores, threshold,
+                            os.path.join(folder, "codes.png"), title=name, center=to_numpy(view.get("center")),
+                            R2=view.get("R2", 0.0), direction=to_numpy(view.get("direction")))
     return name
+
+
+def to_numpy(t):
+    return None if t is None else t.cpu().numpy()
 
 
 def unfinished_run(cfg, data_id):
@@ -525,9 +678,9 @@ def cli(body):
         print(f"error: another process is training in {os.path.dirname(str(e))}; wait for it to finish, or "
               f"use another --out", file=sys.stderr)
         sys.exit(2)
-    except (UserError, data.DataError, training.NonFiniteLoss, training.SaveError) as e:
+    except (UserError, shallow.ShallowError, data.DataError, training.NonFiniteLoss, training.SaveError) as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2 if isinstance(e, UserError) else 1)
+        sys.exit(2 if isinstance(e, (UserError, shallow.ShallowError)) else 1)
     except OSError as e:                                              # a folder that cannot be written, ...
         print(f"error: cannot write {e.filename} ({e.strerror or e}); fix that, then run the same command again: "
               f"it resumes", file=sys.stderr)

@@ -30,18 +30,24 @@ import time
 import numpy as np
 import torch
 
+import data
 import run
 import training
 
 
 def classes_arg(text):
-    """--normal-class: 'all' -> 0..9, '0,2,5' -> [0, 2, 5], '3' -> [3]; a class named twice is refused."""
-    if text == "all":
-        return list(range(10))
-    parts = text.split(",")
-    if not all(p.isascii() and p.isdigit() and int(p) <= 9 for p in parts):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a class in 0..9, a list such as 0,2,5, or all")
-    return [int(p) for p in parts]
+    """--normal-class: 'all', or one class or a list such as 0,2,5 (a folder's: names too), as given."""
+    return text if text == "all" else text.split(",")
+
+
+def classes_of(dataset, root, given):
+    """The class indices: 'all' -> every class of the data set, else each one given (run.class_of)."""
+    try:
+        if given == "all":
+            return list(range(len(data.folder_classes(root)) if dataset == "folder" else 10))
+        return [run.class_of(dataset, root, text) for text in given]
+    except data.DataError as e:
+        raise run.UserError(str(e)) from None
 
 
 def make_parser():
@@ -49,7 +55,7 @@ def make_parser():
     parser = run.make_parser(prog="sweep.py", skip=("normal_class", "seed"))
     parser.description = "Many experiments of run.py: classes x seeds, resumable, with a summary."
     group = parser.add_argument_group("sweep")
-    group.add_argument("--normal-class", type=classes_arg, default=[0],
+    group.add_argument("--normal-class", type=classes_arg, default=["0"],
                        help="the normal classes: one, a list such as 0,2,5, or all (default: 0)")
     group.add_argument("--seeds", type=int, nargs="+", default=[0], help="one or more seeds (default: 0)")
     group.add_argument("--seed", type=int, help=argparse.SUPPRESS)   # run.py's; refused here with a reason
@@ -61,7 +67,8 @@ def make_parser():
 def parse(argv=None):
     """sweep.py's flags -> (a checked run.Config of the first run, classes, seeds, jobs); UserError if bad."""
     args = vars(make_parser().parse_args(argv))
-    classes, seeds, jobs = args.pop("normal_class"), args.pop("seeds"), args.pop("jobs")
+    given_classes, seeds, jobs = args.pop("normal_class"), args.pop("seeds"), args.pop("jobs")
+    classes = classes_of(args["dataset"] or "mnist", args["data_root"] or "data", given_classes)
     if args.pop("seed") is not None:
         raise run.UserError("sweep.py takes its seeds as --seeds (one or more); --seed is run.py's.")
     for flag, values in (("--normal-class", classes), ("--seeds", seeds)):

@@ -1,0 +1,90 @@
+"""Score new images with a trained run: its saved model, preprocessing constants and decision threshold.
+
+    python score.py runs/<time>-mnist-0-ae+svdd my_digits/ --out scored.csv     # files or folders of images
+
+Writes a CSV with one row per image: path, score (higher = more anomalous) and flagged (1 = the score is above
+the run's threshold, the (1 - nu)- or (1 - flag_rate)-quantile of its training scores). The images go
+through the run's preprocessing with its two training constants (data.preprocess), so a test image scored
+here gets the score of its row in the run's scores.csv. Images of another size or channel count than the
+run's are refused in one sentence; PNG and JPEG are read as the folder data set reads them (data.py).
+"""
+import argparse
+import csv
+import dataclasses
+import os
+
+
+import torch
+
+import data
+import run
+import training
+
+
+def image_paths(items):
+    """The image files named, and those inside the folders named (walked, sorted)."""
+    paths = []
+    for item in items:
+        if os.path.isdir(item):
+            paths += sorted(os.path.join(d, n) for d, _, names in os.walk(item) for n in names
+                            if n.lower().endswith(data.FOLDER_EXTENSIONS) and not n.startswith("."))
+        elif os.path.isfile(item):
+            paths.append(item)
+        else:
+            raise run.UserError(f"{item} is neither an image file nor a folder.")
+    return paths
+
+
+def load_run(run_dir, device):
+    """(Config, score function, threshold, preprocessing constants, expected (channels, (h, w))) of a run."""
+    config = training.read_json(os.path.join(run_dir, "config.json"), "run config", "nothing is scored")
+    saved = training.load_torch(os.path.join(run_dir, "model.pt"), "run model", "nothing is scored")
+    if not isinstance(config, dict) or saved is None or not os.path.exists(os.path.join(run_dir, "metrics.json")):
+        raise run.UserError(f"{run_dir} is not a finished run folder (it needs config.json, model.pt and "
+                            f"metrics.json); give the folder a run.py run wrote.")
+    fields = {f.name for f in dataclasses.fields(run.Config)}
+    cfg = run.Config(**{k: v for k, v in config.items() if k in fields})
+    cfg.data_root = config["data_path"]                               # network(cfg) of a folder run reads it
+    channels = 1 if config["network"] == "mnist" else 3
+    size = (config.get("folder") or {}).get("resized_from") or data.FOLDER_SIZE[channels]
+    score, _ = run.scorer(cfg, saved, device)
+    return cfg, score, saved["threshold"], saved["scale"], (channels, tuple(size))
+
+
+def main(argv=None):
+    parser = run.Parser(prog="score.py", description="Score new images with a trained run folder.")
+    parser.add_argument("run_dir", help="a finished run folder (run.py or sweep.py wrote it)")
+    parser.add_argument("images", nargs="+", help="image files (PNG, JPEG) or folders of them")
+    parser.add_argument("--out", default="scored.csv", help="the CSV to write (default: scored.csv)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    args = parser.parse_args(argv)
+
+    def body():
+        device = torch.device(args.device)
+        cfg, score, threshold, scale, (channels, size) = load_run(args.run_dir, device)
+        paths = image_paths(args.images)
+        try:
+            images, got_channels, got_size = data.read_images(paths)
+        except data.DataError as e:
+            raise run.UserError(str(e)) from None
+        kinds = {1: "greyscale", 3: "colour"}
+        if (got_channels, tuple(got_size)) != (channels, size):
+            raise run.UserError(f"{paths[0]} is a {got_size[0]}x{got_size[1]} {kinds[got_channels]} image, but the "
+                                f"run was trained on {size[0]}x{size[1]} {kinds[channels]} images; give images "
+                                f"of that kind.")
+        scores = score(data.preprocess(images, cfg.scaling, scale).to(device)).cpu().numpy()
+
+        def write(tmp):
+            with open(tmp, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["path", "score", "flagged"])
+                w.writerows((p, f"{s:.9g}", int(s > threshold)) for p, s in zip(paths, scores))
+        training.write_whole(args.out, write)
+        print(f"{len(paths)} images scored, {int((scores > threshold).sum())} flagged (threshold {threshold:.6g}) "
+              f"-> {args.out}")
+        return scores
+    return run.cli(body)
+
+
+if __name__ == "__main__":
+    main()
