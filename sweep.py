@@ -164,10 +164,11 @@ def exit_with(parent):
 
 
 def stage_epochs(cfg):
-    """e.g. 'ae 150 / svdd 150': the epochs of both stages, as the results tables report them."""
+    """e.g. 'ae 150 / svdd 150', 'ae 10', 'none (pixels)': the epochs of both stages, as the tables report them."""
+    first = f"{cfg.pretrain} {cfg.ae_epochs}" if run.pretrains(cfg) else "none (pixels)"
     second = {"svdd": f" / svdd {cfg.svdd_epochs}", "soft-svdd": f" / svdd {cfg.svdd_epochs}",
-              "ocnn": f" / ocnn {cfg.ocnn_epochs}", "ae": ""}[cfg.objective]
-    return f"{cfg.pretrain} {cfg.ae_epochs}{second}"
+              "ocnn": f" / ocnn {cfg.ocnn_epochs}"}.get(cfg.objective, "")
+    return first + second
 
 
 def write_summary(folder, rows, cfg):

@@ -1791,6 +1791,16 @@ def test_sweep_resumes_and_summarises(tiny_root, tmp_path, capsys):
     assert [m["auroc"] for m in again] == [m["auroc"] for m in first]
 
 
+def test_sweep_of_a_shallow_detector_writes_its_summary(tiny_root, tmp_path):
+    # property: a sweep of a shallow detector on pixels (no stage 1) summarises like the deep ones
+    rows = sweep.main(["--data-root", tiny_root, "--out", str(tmp_path), "--objective", "iforest",
+                       "--normal-class", "1,2", "--seeds", "0", "1", "--quiet"])
+    (summary,) = tmp_path.glob("sweep-mnist-pixels+iforest-*/summary.csv")
+    table = list(csv.DictReader(open(summary)))
+    assert len(rows) == 4 and [r["normal_class"] for r in table] == ["1", "2"]
+    assert {r["epochs"] for r in table} == {"none (pixels)"} and {r["n_seeds"] for r in table} == {"2"}
+
+
 def test_sweep_class_list_runs_exactly_those_classes(tiny_root, tmp_path):
     # property: --normal-class 3,5 runs classes 3 and 5 and nothing else, into the same sweep folder as 'all'
     args = ["--data-root", tiny_root, "--out", str(tmp_path), "--objective", "ae", "--normal-class", "3,5",
