@@ -2565,6 +2565,23 @@ def test_exercise_ocnn_unit_codes_bound_the_loss(scale):
             assert loss < -1e3
 
 
+def test_exercise_kernel_sphere_and_ocsvm_rank_alike_on_real_digits():
+    # property (exercise 9): with an RBF kernel, kernel SVDD's ||Phi(x) - c||^2 - R^2 is twice the OC-SVM
+    # score s(x) on every test image (so the AUROCs are equal); real MNIST, digit 0, PCA 95 %
+    d = data.one_class_split("mnist", 0, root=DATA, scaling="minmax")
+    x_train, x_test, y = d.x_train[:600].flatten(1).double(), d.x_test[:500].flatten(1).double(), d.y_test[:500]
+    mu, V = shallow.pca_fit(x_train, 0.95)
+    z_train, z_test = shallow.pca_apply(x_train, mu, V), shallow.pca_apply(x_test, mu, V)
+    model = shallow.ocsvm_fit(z_train, 0.1, shallow.gamma_from_data(z_train), eps=1e-9, dtype=torch.float64)
+    a = torch.from_numpy(model["a"])
+    aKa = a @ shallow.rbf_kernel(z_train, z_train, model["gamma"]) @ a
+    dist2 = 1 - 2 * shallow.rbf_kernel(z_test, z_train, model["gamma"]) @ a + aKa   # ||Phi(x) - c||^2
+    R2 = 1 - 2 * model["rho"] + aKa
+    s = shallow.ocsvm_scores(z_test, dict(model, dtype=torch.float64))
+    assert torch.allclose(dist2 - R2, 2 * s, atol=1e-9)
+    assert evaluate.auroc(y.numpy(), dist2.numpy()) == evaluate.auroc(y.numpy(), s.numpy())
+
+
 def test_ablations_every_variant_parses_and_shared_runs_share_folders():
     # property: each ablation variant is a valid sweep.py command with its question's classes and seeds, and
     # only the variants that two questions share (such as OC-NN joint at encoder lr 1e-5) resolve to one sweep
