@@ -272,6 +272,18 @@ def cifar_root():
     return root
 
 
+@pytest.fixture(scope="session")
+def convert():
+    """The CIFAR-10 JPEG copy's own converter (to_cifar_batches.py: its decoder and names); else skip."""
+    if not os.path.isfile(CIFAR_JPEG_TAR):
+        pytest.skip(f"real CIFAR-10 JPEG copy not found at {CIFAR_JPEG_TAR}")
+    spec = importlib.util.spec_from_file_location(
+        "to_cifar_batches", os.path.join(os.path.dirname(CIFAR_JPEG_TAR), "to_cifar_batches.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
     """A synthetic MNIST of 300 train and 200 test 28x28 images whose classes can be learnt (for run.py)."""
@@ -1579,14 +1591,8 @@ def test_folder_one_test_class_only(tmp_path):
         data.one_class_split("folder", 0, root=root)
 
 
-def test_folder_cifar10_jpegs_equal_the_batch_conversion(tmp_path):
+def test_folder_cifar10_jpegs_equal_the_batch_conversion(tmp_path, convert):
     # property: 20 train + 20 test JPEGs per class read as to_cifar_batches.py decodes them (byte-identical)
-    if not os.path.isfile(CIFAR_JPEG_TAR):
-        pytest.skip(f"real CIFAR-10 JPEG copy not found at {CIFAR_JPEG_TAR}")
-    spec = importlib.util.spec_from_file_location(
-        "to_cifar_batches", os.path.join(os.path.dirname(CIFAR_JPEG_TAR), "to_cifar_batches.py"))
-    convert = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(convert)
     expected = {"train": [], "test": []}  # (label, 3072 pixels) in path order, as the batches hold them
     with tarfile.open(CIFAR_JPEG_TAR) as tar:
         for member in tar:
@@ -2283,18 +2289,12 @@ def test_run_folder_bad_input_one_sentence_exit_2(tmp_path, capsys, argv, messag
     assert e.value.code == 2 and err.count("\n") == 1 and message.replace("{p}", str(tmp_path)) in err, err
 
 
-def test_run_cifar10_jpeg_folder_layout_scores_as_the_batches(tmp_path):
+def test_run_cifar10_jpeg_folder_layout_scores_as_the_batches(tmp_path, convert):
     # property (end to end, real data): JPEGs of the CIFAR-10 copy in its own train/<class>/ test/<class>/
     # layout, read as a folder data set, give the AUROC that the batch loader gives for the same images (the
     # official batch format, written with the copy's own decoder): airplane's first 600 training images, one
     # of every other class, 60 test images a class; an order-free detector (KDE, a fixed bandwidth), as the
     # two loaders list the images in another order
-    if not os.path.isfile(CIFAR_JPEG_TAR):
-        pytest.skip(f"real CIFAR-10 JPEG copy not found at {CIFAR_JPEG_TAR}")
-    spec = importlib.util.spec_from_file_location(
-        "to_cifar_batches", os.path.join(os.path.dirname(CIFAR_JPEG_TAR), "to_cifar_batches.py"))
-    convert = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(convert)
     rows = {"train": [], "test": []}
     with tarfile.open(CIFAR_JPEG_TAR) as tar:
         for member in tar:
