@@ -345,7 +345,7 @@ def plot_codes(codes, labels, scores, threshold, path, title='', center=None, R2
     P = vt[:2].T if vt.shape[0] >= 2 else np.eye(z.shape[1], 2)   # (D, 2)
     xy = (z - mean) @ P
     fig, (ax, hx) = plt.subplots(1, 2, figsize=(11, 4.6), layout='constrained')
-    for value, name, color in ((0, 'normal', 'tab:blue'), (1, 'anomalous', 'tab:red')):
+    for value, name, color in ((1, 'anomalous', 'tab:red'), (0, 'normal', 'tab:blue')):  # the normal class on top
         part = xy[y == value]
         ax.scatter(part[:, 0], part[:, 1], s=4, alpha=0.35, color=color, label=f'{name} (n = {len(part)})')
     if center is not None:
@@ -361,7 +361,7 @@ def plot_codes(codes, labels, scores, threshold, path, title='', center=None, R2
     ax.set(xlabel='principal component 1 of the test codes', ylabel='principal component 2',
            title=title or 'test codes')
     ax.set_aspect('equal', adjustable='datalim')
-    ax.legend(fontsize=8, markerscale=2)
+    ax.legend(fontsize=8, markerscale=1.5)
     bins = np.histogram_bin_edges(s, bins=int(np.clip(np.sqrt(s.size), 10, 60)))
     for value, name, color in ((0, 'normal', 'tab:blue'), (1, 'anomalous', 'tab:red')):
         part = s[y == value]
