@@ -1,6 +1,7 @@
 """Is Table 1's KDE column what scikit-learn's KernelDensity gives under the paper code's protocol?
 
     /tmp/venv-sk/bin/python results/sklearn_kde_table1.py [digits ...]      # the venv of sklearn_shallow.py
+    /tmp/venv-sk/bin/python results/sklearn_kde_table1.py --no-pca 2         # the 784 pixels themselves
 
 For each MNIST digit, the Deep SVDD code's KDE pipeline (PAPERS.md, section 10): pixels / 255, no GCN,
 PCA 95 % fitted on the training images (shallow.pca_fit, as sklearn's PCA(0.95) up to ties), the bandwidth
@@ -30,14 +31,17 @@ import shallow  # noqa: E402
 PAPER_KDE = [97.1, 98.9, 79.0, 86.2, 87.9, 73.8, 87.6, 91.4, 79.2, 88.2]   # Table 1, MNIST, KDE
 
 
-def main(digits):
+def main(digits, pca=True):
     print("| digit | sklearn h | sklearn AUROC | exact KDE at sklearn's h | exact KDE, its own CV h | paper |")
     print("|---|---|---|---|---|---|")
     rows = []
     for k in digits:
         d = data.one_class_split("mnist", k, root=os.path.join(ROOT, "data"), scaling="minmax")
-        mu, V = shallow.pca_fit(d.x_train, 0.95)
-        x, x_test = shallow.pca_apply(d.x_train, mu, V), shallow.pca_apply(d.x_test, mu, V)
+        if pca:
+            mu, V = shallow.pca_fit(d.x_train, 0.95)
+            x, x_test = shallow.pca_apply(d.x_train, mu, V), shallow.pca_apply(d.x_test, mu, V)
+        else:
+            x, x_test = d.x_train.flatten(1).double(), d.x_test.flatten(1).double()
         y = d.y_test.numpy()
         grid = GridSearchCV(KernelDensity(kernel="gaussian"), {"bandwidth": list(shallow.KDE_BANDWIDTHS)}, cv=5)
         grid.fit(x.numpy())
@@ -54,4 +58,5 @@ def main(digits):
 
 
 if __name__ == "__main__":
-    main([int(a) for a in sys.argv[1:]] or list(range(10)))
+    args = [a for a in sys.argv[1:] if a != "--no-pca"]
+    main([int(a) for a in args] or list(range(10)), pca="--no-pca" not in sys.argv)
