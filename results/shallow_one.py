@@ -2,7 +2,7 @@
 the unit that `farm-bench` times side by side (results/README.md, section 6).
 
     python results/shallow_one.py ours ocsvm          # shallow.py
-    /tmp/venv-sk/bin/python results/shallow_one.py sklearn ocsvm     # scikit-learn (its venv: sklearn_shallow.py)
+    <env>/bin/python results/shallow_one.py sklearn ocsvm     # scikit-learn (its venv: sklearn_shallow.py)
 
 Both sides read the same inputs and do the same work around the detector: MNIST digit 0, pixels / 255, no
 GCN, PCA 95 % (shallow.pca_fit on the 5,923 training images: 116 dimensions), the 10,000 test images; then

@@ -1,7 +1,7 @@
 """Is Table 1's KDE column what scikit-learn's KernelDensity gives under the paper code's protocol?
 
-    /tmp/venv-sk/bin/python results/sklearn_kde_table1.py [digits ...]      # the venv of sklearn_shallow.py
-    /tmp/venv-sk/bin/python results/sklearn_kde_table1.py --no-pca 2         # the 784 pixels themselves
+    <env>/bin/python results/sklearn_kde_table1.py [digits ...]      # the venv of sklearn_shallow.py
+    <env>/bin/python results/sklearn_kde_table1.py --no-pca 2         # the 784 pixels themselves
 
 For each MNIST digit, the Deep SVDD code's KDE pipeline (PAPERS.md, section 10): pixels / 255, no GCN,
 PCA 95 % fitted on the training images (shallow.pca_fit, as sklearn's PCA(0.95) up to ties), the bandwidth
@@ -20,7 +20,7 @@ try:
     from sklearn.neighbors import KernelDensity
 except ImportError:
     sys.exit("results/sklearn_kde_table1.py needs scikit-learn, which this python lacks: set up the venv that "
-             "results/sklearn_shallow.py describes and run it with /tmp/venv-sk/bin/python.")
+             "results/sklearn_shallow.py describes and run it with <env>/bin/python.")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)

@@ -2,9 +2,9 @@
 
 A comparison only: scikit-learn is never a dependency of this project. It runs in a venv of its own:
 
-    python -m venv /tmp/venv-sk
-    /tmp/venv-sk/bin/pip install --quiet torch==2.13.0 numpy matplotlib scikit-learn
-    /tmp/venv-sk/bin/python results/sklearn_shallow.py            # digit 0; or: ... 0 1 2 --threads 1
+    python -m venv <env>
+    <env>/bin/pip install --quiet torch==2.13.0 numpy matplotlib scikit-learn
+    <env>/bin/python results/sklearn_shallow.py            # digit 0; or: ... 0 1 2 --threads 1
 
 Inputs (the same arrays go to both codes): the normal digit's training images and the 10,000 test images,
 pixels / 255, no GCN, PCA 95 % (shallow.pca_fit on the training images; --pixels: the 784 pixels
@@ -34,7 +34,7 @@ try:
     from sklearn.svm import OneClassSVM
 except ImportError:
     sys.exit("results/sklearn_shallow.py needs scikit-learn, which this python lacks: set up the venv its "
-             "docstring describes and run it with /tmp/venv-sk/bin/python.")
+             "docstring describes and run it with <env>/bin/python.")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
