@@ -68,7 +68,8 @@ def parse(argv=None):
     """sweep.py's flags -> (a checked run.Config of the first run, classes, seeds, jobs); UserError if bad."""
     args = vars(make_parser().parse_args(argv))
     given_classes, seeds, jobs = args.pop("normal_class"), args.pop("seeds"), args.pop("jobs")
-    classes = classes_of(args["dataset"] or "mnist", args["data_root"] or "data", given_classes)
+    default = run.Config()                                            # run.py's defaults, where a flag is absent
+    classes = classes_of(args["dataset"] or default.dataset, args["data_root"] or default.data_root, given_classes)
     if args.pop("seed") is not None:
         raise run.UserError("sweep.py takes its seeds as --seeds (one or more); --seed is run.py's.")
     for flag, values in (("--normal-class", classes), ("--seeds", seeds)):
