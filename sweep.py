@@ -10,7 +10,8 @@ flag is run.py's and goes to its Config as it is. The runs go to fixed folders,
 
 where <key> hashes the settings the method uses and the data (run.used_settings, run.data_identity), so
 the same command with more classes or seeds fills the same folder. Started again, a sweep skips the runs
-that finished and resumes the interrupted ones. When every run is done it writes summary.csv and
+that finished and resumes the interrupted ones; two sweeps on one folder share its runs (each skips the
+ones the other holds or has finished). When every run is done it writes summary.csv and
 summary.md: AUROC mean +- std over the seeds per class, and the mean over classes.
 
 --jobs N runs the pending runs in N processes, the CPU threads split between them, each run's console in
@@ -103,7 +104,7 @@ def sweep(cfg, classes, seeds, jobs, device, data_id):
     tasks, rows = {}, {}
     for k, s in pairs:
         folder = run_folder(cfg, data_id, k, s)
-        done = training.read_json(os.path.join(folder, "metrics.json"), "metrics of a finished run", "it runs again")
+        done = finished(folder)
         if done is not None:
             print(f"skipping {folder}: finished before")
             rows[k, s] = done
@@ -133,8 +134,18 @@ def sweep(cfg, classes, seeds, jobs, device, data_id):
     return [rows[p] for p in pairs]
 
 
+def finished(folder):
+    """The metrics of the run in folder if it has finished, else None."""
+    return training.read_json(os.path.join(folder, "metrics.json"), "metrics of a finished run", "it runs again")
+
+
 def run_here(cfg, folder, device, data_id):
-    """run.run_experiment in this process; None if another process trains in that folder."""
+    """run.run_experiment in this process; the metrics, untouched, of a run that another sweep on the same
+    folder finished after this one listed it; None if another process trains in that folder."""
+    done = finished(folder)
+    if done is not None:
+        print(f"skipping {folder}: another process finished it")
+        return done
     try:
         return run.run_experiment(cfg, folder, torch.device(device), data_id)
     except training.Busy:

@@ -1807,6 +1807,16 @@ def test_sweep_of_a_shallow_detector_writes_its_summary(tiny_root, tmp_path):
     assert {r["epochs"] for r in table} == {"none (pixels)"} and {r["n_seeds"] for r in table} == {"2"}
 
 
+def test_sweep_skips_a_run_another_sweep_finished_after_the_listing(tmp_path, monkeypatch):
+    # property: two sweeps on one folder never train a run twice: one listed as pending but finished by the
+    # other process before its turn comes is read back, not retrained
+    folder = tmp_path / "class0-seed0-pixels+iforest"
+    folder.mkdir()
+    training.write_json(str(folder / "metrics.json"), {"auroc": 0.75, "normal_class": 0})
+    monkeypatch.setattr(run, "run_experiment", lambda *a: pytest.fail("a finished run was trained again"))
+    assert sweep.run_here(None, str(folder), "cpu", {}) == {"auroc": 0.75, "normal_class": 0}
+
+
 def test_sweep_class_list_runs_exactly_those_classes(tiny_root, tmp_path):
     # property: --normal-class 3,5 runs classes 3 and 5 and nothing else, into the same sweep folder as 'all'
     args = ["--data-root", tiny_root, "--out", str(tmp_path), "--objective", "ae", "--normal-class", "3,5",
