@@ -104,7 +104,7 @@ def sweep(cfg, classes, seeds, jobs, device, data_id):
     tasks, rows = {}, {}
     for k, s in pairs:
         folder = run_folder(cfg, data_id, k, s)
-        done = finished(folder)
+        done = training.read_json(os.path.join(folder, "metrics.json"), "metrics of a finished run", "it runs again")
         if done is not None:
             print(f"skipping {folder}: finished before")
             rows[k, s] = done
@@ -134,18 +134,8 @@ def sweep(cfg, classes, seeds, jobs, device, data_id):
     return [rows[p] for p in pairs]
 
 
-def finished(folder):
-    """The metrics of the run in folder if it has finished, else None."""
-    return training.read_json(os.path.join(folder, "metrics.json"), "metrics of a finished run", "it runs again")
-
-
 def run_here(cfg, folder, device, data_id):
-    """run.run_experiment in this process; the metrics, untouched, of a run that another sweep on the same
-    folder finished after this one listed it; None if another process trains in that folder."""
-    done = finished(folder)
-    if done is not None:
-        print(f"skipping {folder}: another process finished it")
-        return done
+    """run.run_experiment in this process; None if another process trains in that folder."""
     try:
         return run.run_experiment(cfg, folder, torch.device(device), data_id)
     except training.Busy:

@@ -1809,12 +1809,13 @@ def test_sweep_of_a_shallow_detector_writes_its_summary(tiny_root, tmp_path):
 
 def test_sweep_skips_a_run_another_sweep_finished_after_the_listing(tmp_path, monkeypatch):
     # property: two sweeps on one folder never train a run twice: one listed as pending but finished by the
-    # other process before its turn comes is read back, not retrained
+    # other process before its turn comes is read back, under the run's lock, not retrained
     folder = tmp_path / "class0-seed0-pixels+iforest"
     folder.mkdir()
     training.write_json(str(folder / "metrics.json"), {"auroc": 0.75, "normal_class": 0})
-    monkeypatch.setattr(run, "run_experiment", lambda *a: pytest.fail("a finished run was trained again"))
-    assert sweep.run_here(None, str(folder), "cpu", {}) == {"auroc": 0.75, "normal_class": 0}
+    monkeypatch.setattr(run, "load_data", lambda *a: pytest.fail("a finished run was trained again"))
+    cfg = run.Config(objective="iforest")
+    assert sweep.run_here(cfg, str(folder), "cpu", {}) == {"auroc": 0.75, "normal_class": 0}
 
 
 def test_sweep_class_list_runs_exactly_those_classes(tiny_root, tmp_path):

@@ -103,11 +103,11 @@ def main(argv=None):
         z, zt, y, _ = mnist_codes(digit, args.data_root, pca=not args.pixels)
         zn, ztn = z.numpy(), zt.numpy()
         print(f"digit {digit}: {len(z)} training images, {z.shape[1]} dims, {len(y)} test images")
-        h = args.bandwidth or shallow.kde_cv_bandwidth(z)[0]
         m = args.kde_test
         if args.kde_grid:
             kde_grid(z, zt[:m], y[:m])
             continue
+        h = args.bandwidth or shallow.kde_cv_bandwidth(z)[0]
         res = best_of(args.repeat,
                       ("shallow", lambda: None, lambda _: shallow.kde_scores(zt[:m], z, h)),
                       ("sklearn", lambda: KernelDensity(kernel="gaussian", bandwidth=h).fit(zn),
