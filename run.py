@@ -534,12 +534,17 @@ def to_cpu(v):
 # The run folder
 # ---------------------------------------------------------------------------------------------------
 
+def finished_metrics(run_dir):
+    """The metrics of the finished run in run_dir (its metrics.json), else None."""
+    return training.read_json(os.path.join(run_dir, "metrics.json"), "metrics of a finished run", "it runs again")
+
+
 def run_experiment(cfg, run_dir, device, data_id):
     """One experiment (one normal class, one seed) into run_dir, which it locks (training.Busy if another
     process trains there). Returns the metrics dict, also written, last, to metrics.json; a run that is
     finished already (another sweep on the same folder may finish it after this one listed it) is read back."""
     with training.Lock(os.path.join(run_dir, ".lock")):
-        done = training.read_json(os.path.join(run_dir, "metrics.json"), "metrics of a finished run", "it runs again")
+        done = finished_metrics(run_dir)
         if done is not None:
             print(f"{run_dir}: finished by another process; its metrics are read back")
             return done

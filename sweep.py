@@ -104,7 +104,7 @@ def sweep(cfg, classes, seeds, jobs, device, data_id):
     tasks, rows = {}, {}
     for k, s in pairs:
         folder = run_folder(cfg, data_id, k, s)
-        done = training.read_json(os.path.join(folder, "metrics.json"), "metrics of a finished run", "it runs again")
+        done = run.finished_metrics(folder)
         if done is not None:
             print(f"skipping {folder}: finished before")
             rows[k, s] = done
