@@ -35,12 +35,11 @@ Deviations from the reference code
     the Deep SVDD network has none, so the encoder's state dict loads into phi with no key to drop.
   * Batches are index slices of a seeded permutation of an in-memory tensor (no DataLoader).
 
-File order: the networks, their optional initialisations (the Theano code's), the DCAE loss, training,
+File order: the networks, their optional initializations (the Theano code's), the DCAE loss, training,
 scoring.
 
 Read next: rcae.py (the robust variant), then svdd.py or ocnn.py.
 """
-import time
 
 import torch
 import torch.nn as nn
@@ -167,7 +166,7 @@ class Autoencoder(nn.Module):
         self.encoder = encoder
         self.decoder = decoder
         rep_dim = encoder.rep_dim
-        # The CIFAR-10 reference AE normalises the code; Deep SVDD's phi does not.
+        # The CIFAR-10 reference AE normalizes the code; Deep SVDD's phi does not.
         self.code_bn = nn.BatchNorm1d(rep_dim, eps=BN_EPS, affine=False) if code_bn else nn.Identity()
 
     def forward(self, x):
@@ -204,11 +203,11 @@ def encoder_copy(ae):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Optional initialisations: the paper's Theano code (run.py --ae-init)
+# Optional initializations: the paper's Theano code (run.py --ae-init)
 # ---------------------------------------------------------------------------------------------------
 
 def glorot_init(ae, linear=True):
-    """Re-initialise every weight Glorot-uniform, as the paper's Theano code (Lasagne's GlorotUniform).
+    """Re-initialize every weight Glorot-uniform, as the paper's Theano code (Lasagne's GlorotUniform).
 
     Gain sqrt(2 / (1 + 0.01^2)) (leaky ReLU, slope 0.01) for the (de)convolutions, 1 for the linear layer
     (left at PyTorch's default with linear=False, as the CIFAR-10 reference of the PyTorch port does);
@@ -273,15 +272,15 @@ def dictionary_filters(x, n_filters, size, *, alpha=1.0, iters=30, n_patches=200
 INITS = ("default", "dict", "theano")
 
 
-def initialise(ae, init, x, seed=0):
+def initialize(ae, init, x, seed=0):
     """The autoencoder's start before any training (run.py --ae-init), in place:
 
-      default  PyTorch's initialisation, as the PyTorch port (nothing to do)
+      default  PyTorch's initialization, as the PyTorch port (nothing to do)
       dict     the first convolution's filters from a sparse dictionary of x's patches (dictionary_filters)
       theano   Glorot-uniform weights (glorot_init), then dict: the paper's Theano code
     """
     if init not in INITS:
-        raise ValueError(f"unknown initialisation {init!r}: one of {INITS}")
+        raise ValueError(f"unknown initialization {init!r}: one of {INITS}")
     if init == "theano":
         glorot_init(ae)
     if init in ("dict", "theano"):
@@ -337,22 +336,11 @@ def train_autoencoder(ae, x, *, epochs, weight_decay, milestones, lr=1e-4, batch
     checkpoint: a training.Checkpoint to save the state at epoch ends and resume from (None: no saving).
     """
     ae.to(x.device)
-    optimizer, scheduler = training.adam_with_milestones(ae.parameters(), lr, weight_decay, milestones)
-    generator = torch.Generator().manual_seed(seed)
-    state = dict(ae=ae, optimizer=optimizer, scheduler=scheduler, generator=generator)
-    checkpoint = checkpoint or training.NoCheckpoint()
-    history, _ = checkpoint.restore(**state)
-    for epoch in range(len(history) + 1, epochs + 1):
-        start = time.perf_counter()
-        loss = train_epoch(ae, x, lambda x_hat, idx: dcae_loss(x_hat, x[idx]), optimizer, generator, batch_size)
-        record = {"epoch": epoch, "loss": training.check_finite(loss, stage, epoch),
-                  "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
-        scheduler.step()
-        history.append(record)
-        checkpoint.save(history, epochs, **state)
-        if verbose:
-            training.print_epoch(stage, record, epochs)
-    return history
+
+    def one_epoch(optimizer, generator):
+        return train_epoch(ae, x, lambda x_hat, idx: dcae_loss(x_hat, x[idx]), optimizer, generator, batch_size)
+    return training.train_loop(stage, ae, epochs, one_epoch, lr=lr, weight_decay=weight_decay, milestones=milestones,
+                               seed=seed, verbose=verbose, checkpoint=checkpoint, name="ae")
 
 
 # ---------------------------------------------------------------------------------------------------

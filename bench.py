@@ -113,11 +113,11 @@ def bench(dataset, normal_class, device, reps, warmup, batch_size):
     rows.append(("  scoring, F.max_pool2d", timed(lambda: ae.reconstruction_scores(model, x_test), device,
                                                   reps, 1), len(x_test), fwd_ae))
     fast_ops.POOL = True
-    c, R, hist = svdd.train_svdd(ae.encoder_copy(model), x, objective="one-class", epochs=epochs, weight_decay=0.5e-6,
+    c, R, hist = svdd.train_svdd(ae.encoder_copy(model), x, objective="svdd", epochs=epochs, weight_decay=0.5e-6,
                                  **quiet)
     rows.append(("Deep SVDD epoch (one-class)", epoch_seconds(hist, warmup), n, step_phi * n_batches))
     phi = ae.encoder_copy(model)
-    c, R, hist = svdd.train_svdd(phi, x, objective="soft-boundary", epochs=epochs, warmup=1, weight_decay=0.5e-6,
+    c, R, hist = svdd.train_svdd(phi, x, objective="soft-svdd", epochs=epochs, warmup=1, weight_decay=0.5e-6,
                                  **quiet)
     rows.append(("Deep SVDD epoch (soft-boundary)", epoch_seconds(hist, warmup), n,
                  step_phi * n_batches + fwd_phi * n / len(x_test)))

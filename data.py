@@ -23,6 +23,8 @@ reuse). One experiment per normal class k in 0..9:
   scaling='image' is the seed lab's preprocessing instead (its OC-NN figures used it): each image min-max
   scaled to [0, 1] on its own, x <- (x - min(x)) / (max(x) - min(x)). Any GCN before it cancels (an
   affine map of each image with a positive scale), and no constant is shared between images.
+  A training set that is one constant after preprocessing (a blank class, or images too small to vary, such
+  as 1x1) is refused with DataError: there is nothing to learn, and the min-max would divide by zero.
 
 Image layout. The loaders return the files' bytes as numpy uint8, channel axis first where there is one:
 MNIST (N, 28, 28) (really (N, rows, cols) from the IDX header), CIFAR-10 (N, 3, 32, 32); labels int64 (N,).
@@ -41,7 +43,8 @@ A folder of your own images (dataset 'folder', `root` = the folder itself), the 
     <root>/train/<class>/*.png|*.jpg|*.jpeg      the extension in any case; names starting with '.' and
     <root>/test/<class>/*.png|*.jpg|*.jpeg       other files are skipped; class folders are not recursed
 The class names sorted (as Python sorts strings) give the labels 0, 1, ... (`folder_classes(root)`);
-`class_index(root, 'cat' or 3)` turns a name or an index into the label, a name first. Strict on purpose:
+`class_index(root, 'cat')` turns a class's folder name into its label (a number is read as a name, so an
+index is taken only where the folders are named 0..n-1). Strict on purpose:
 train/ and test/ must hold the same class folders, each with at least one image, and at least two of them.
 `load_folder(root, train)` reads class by class, file names sorted, and is cached per process by every
 file's (path, size, mtime); `fingerprint('folder', root)` hashes each file's path under root and its bytes.
@@ -83,15 +86,15 @@ import numpy as np
 import torch
 from PIL import Image  # Pillow: matplotlib reads images through it and requires it (since 3.3)
 
-MNIST_MIRRORS = ['https://ossci-datasets.s3.amazonaws.com/mnist/', 'http://yann.lecun.com/exdb/mnist/',
-                 'https://storage.googleapis.com/cvdf-datasets/mnist/']
-MNIST_FILES = {'train-images-idx3-ubyte.gz': 'f68b3c2dcbeaaa9fbdd348bbdeb94873',  # published MD5 sums
-               'train-labels-idx1-ubyte.gz': 'd53e105ee54ea40749a09fcbcd1e9432',
-               't10k-images-idx3-ubyte.gz': '9fb629c4189551a2d022fa330f9573f3',
-               't10k-labels-idx1-ubyte.gz': 'ec29112dd5afa0611ce80d1b7f02629c'}
-CIFAR_MIRRORS = ['https://www.cs.toronto.edu/~kriz/']
-CIFAR_FILES = {'cifar-10-python.tar.gz': 'c58f30108f718f92721af3b95e74349a'}
-CIFAR_BATCHES = {True: [f'data_batch_{i}' for i in range(1, 6)], False: ['test_batch']}
+MNIST_MIRRORS = ["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/",
+                 "https://storage.googleapis.com/cvdf-datasets/mnist/"]
+MNIST_FILES = {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",  # published MD5 sums
+               "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+               "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+               "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}
+CIFAR_MIRRORS = ["https://www.cs.toronto.edu/~kriz/"]
+CIFAR_FILES = {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"}
+CIFAR_BATCHES = {True: [f"data_batch_{i}" for i in range(1, 6)], False: ["test_batch"]}
 
 
 class DataError(Exception):
@@ -102,7 +105,9 @@ class MissingData(DataError):
     """The data set's files are not on disk (run.py then calls `download`)."""
 
 
-# ---------------------------------------------------------------- MNIST (IDX files)
+# ---------------------------------------------------------------------------------------------------
+# MNIST (IDX files)
+# ---------------------------------------------------------------------------------------------------
 
 def _file_key(path):
     """(path, size, mtime): the cache key, so a file replaced on disk is read again."""
@@ -113,22 +118,22 @@ def _file_key(path):
 def _read_idx(path, magic):
     """One IDX file -> uint8 array shaped as its header says (the format: yann.lecun.com/exdb/mnist)."""
     try:
-        with (gzip.open(path, 'rb') if path.endswith('.gz') else open(path, 'rb')) as f:
+        with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as f:
             raw = f.read()
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a cut stream an EOFError
-        raise DataError(f'{path} is not a readable (gzip) file ({e}); download it again.') from None
-    if len(raw) < 4 or int.from_bytes(raw[:4], 'big') != magic:  # 2051 = 0x0803: uint8, 3 dims
-        raise DataError(f'{path} does not start with the IDX magic number {magic}; it is not an IDX '
-                        f'{"image" if magic == 2051 else "label"} file.')
+        raise DataError(f"{path} is not a readable (gzip) file ({e}); download it again.") from None
+    if len(raw) < 4 or int.from_bytes(raw[:4], "big") != magic:  # 2051 = 0x0803: uint8, 3 dims
+        raise DataError(f"{path} does not start with the IDX magic number {magic}; it is not an IDX "
+                        f"{'image' if magic == 2051 else 'label'} file.")
     ndim = magic & 0xFF  # the last magic byte counts the dimensions
     header = 4 + 4 * ndim  # magic, then one big-endian int32 per dimension
     if len(raw) < header:
-        raise DataError(f'{path} is truncated inside its header; download it again.')
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim)]
+        raise DataError(f"{path} is truncated inside its header; download it again.")
+    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
     expected = header + int(np.prod(dims))
     if len(raw) != expected:
-        raise DataError(f'{path} holds {len(raw)} bytes but its header {dims} announces {expected} '
-                        f'(truncated or corrupt); download it again.')
+        raise DataError(f"{path} holds {len(raw)} bytes but its header {dims} announces {expected} "
+                        f"(truncated or corrupt); download it again.")
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
 
@@ -137,8 +142,8 @@ def _mnist_cached(images_key, labels_key):  # keyed by (path, size, mtime): a re
     x = _read_idx(images_key[0], 2051)  # (N, rows, cols)
     y = _read_idx(labels_key[0], 2049).astype(np.int64)  # (N,)
     if len(x) != len(y):
-        raise DataError(f'{images_key[0]} holds {len(x)} images but {labels_key[0]} holds {len(y)} '
-                        f'labels; the two files do not belong together.')
+        raise DataError(f"{images_key[0]} holds {len(x)} images but {labels_key[0]} holds {len(y)} "
+                        f"labels; the two files do not belong together.")
     x.setflags(write=False)  # shared by every caller in this process: read-only
     y.setflags(write=False)
     return x, y
@@ -146,17 +151,17 @@ def _mnist_cached(images_key, labels_key):  # keyed by (path, size, mtime): a re
 
 def _mnist_paths(root, train):
     """The two IDX files of one split (gzipped preferred), or MissingData saying what to put where."""
-    folder = os.path.join(root, 'mnist')
-    prefix = 'train' if train else 't10k'
+    folder = os.path.join(root, "mnist")
+    prefix = "train" if train else "t10k"
     paths, missing = [], []
-    for stem in (f'{prefix}-images-idx3-ubyte', f'{prefix}-labels-idx1-ubyte'):
-        found = [p for p in (os.path.join(folder, stem + '.gz'), os.path.join(folder, stem))
+    for stem in (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"):
+        found = [p for p in (os.path.join(folder, stem + ".gz"), os.path.join(folder, stem))
                  if os.path.isfile(p)]
         paths += found[:1]
-        missing += [] if found else [stem + '.gz']
+        missing += [] if found else [stem + ".gz"]
     if missing:
-        raise MissingData(f'MNIST files missing: put {", ".join(missing)} (gzipped or raw) in {folder}/, '
-                          f'or run data.download("mnist", {root!r}) to fetch them.')
+        raise MissingData(f"MNIST files missing: put {', '.join(missing)} (gzipped or raw) in {folder}/, "
+                          f"or run data.download('mnist', {root!r}) to fetch them.")
     return paths
 
 
@@ -171,45 +176,47 @@ def load_mnist(root, train=True):
     return x.copy(), y.copy()
 
 
-# ---------------------------------------------------------------- CIFAR-10 (pickles or binary records)
+# ---------------------------------------------------------------------------------------------------
+# CIFAR-10 (pickles or binary records)
+# ---------------------------------------------------------------------------------------------------
 
 try:  # numpy's array rebuilder lives in numpy._core under NumPy 2, numpy.core under NumPy 1
     from numpy._core.multiarray import _reconstruct as _np_reconstruct
 except ImportError:
     from numpy.core.multiarray import _reconstruct as _np_reconstruct
-_PICKLE_ALLOWED = {('numpy.core.multiarray', '_reconstruct'): _np_reconstruct,  # official files (NumPy 1)
-                   ('numpy._core.multiarray', '_reconstruct'): _np_reconstruct,  # written under NumPy 2
-                   ('numpy', 'ndarray'): np.ndarray, ('numpy', 'dtype'): np.dtype}
+_PICKLE_ALLOWED = {("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,  # official files (NumPy 1)
+                   ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,  # written under NumPy 2
+                   ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """An unpickler that resolves only the four names a pickled ndarray needs; all else is refused."""
 
     def __init__(self, file, path):
-        super().__init__(file, encoding='bytes')  # Python 2 str (the official files) -> bytes
+        super().__init__(file, encoding="bytes")  # Python 2 str (the official files) -> bytes
         self.path = path
 
     def find_class(self, module, name):  # every global a pickle names passes here, before any call
         if (module, name) in _PICKLE_ALLOWED:
             return _PICKLE_ALLOWED[(module, name)]
-        raise DataError(f'refusing to unpickle {module}.{name} from {self.path}: a CIFAR-10 batch holds '
-                        f'only numpy arrays and lists, so this file is not one (tampered?).')
+        raise DataError(f"refusing to unpickle {module}.{name} from {self.path}: a CIFAR-10 batch holds "
+                        f"only numpy arrays and lists, so this file is not one (tampered?).")
 
 
 def _read_cifar_pickle(path):
     """One official batch: a dict with b'data' uint8 (N, 3072) and b'labels' (N ints)."""
     try:
-        with open(path, 'rb') as f:
+        with open(path, "rb") as f:
             batch = _NumpyOnlyUnpickler(f, path).load()
     except DataError:
         raise
     except Exception as e:  # any other failure of a malformed stream: UnpicklingError, EOFError, ...
-        raise DataError(f'{path} is not a readable CIFAR-10 pickle ({e!r}); download it again.') from None
-    x = batch.get(b'data') if isinstance(batch, dict) else None
-    y = np.asarray(batch.get(b'labels', []) if isinstance(batch, dict) else [])
+        raise DataError(f"{path} is not a readable CIFAR-10 pickle ({e!r}); download it again.") from None
+    x = batch.get(b"data") if isinstance(batch, dict) else None
+    y = np.asarray(batch.get(b"labels", []) if isinstance(batch, dict) else [])
     if not (isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 2 and x.shape[1] == 3072
-            and y.shape == (len(x),) and y.dtype.kind in 'iu'):  # labels: N integers
-        raise DataError(f'{path} is not a CIFAR-10 batch: expected b"data" uint8 (N, 3072) and N b"labels".')
+            and y.shape == (len(x),) and y.dtype.kind in "iu"):  # labels: N integers
+        raise DataError(f"{path} is not a CIFAR-10 batch: expected b'data' uint8 (N, 3072) and N b'labels'.")
     return x.reshape(-1, 3, 32, 32), y.astype(np.int64)  # rows are R plane, G plane, B plane
 
 
@@ -217,8 +224,8 @@ def _read_cifar_bin(path):
     """One binary batch: records of 1 label byte and 3072 pixel bytes (R, G, B planes, row-major)."""
     raw = np.fromfile(path, np.uint8)
     if raw.size == 0 or raw.size % 3073:
-        raise DataError(f'{path} holds {raw.size} bytes, not a whole number of 3073-byte records '
-                        f'(1 label + 3072 pixels); download it again.')
+        raise DataError(f"{path} holds {raw.size} bytes, not a whole number of 3073-byte records "
+                        f"(1 label + 3072 pixels); download it again.")
     records = raw.reshape(-1, 3073)  # (N, 1 + 3 * 32 * 32)
     return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].astype(np.int64)
 
@@ -228,7 +235,7 @@ def _cifar_cached(keys, binary):  # keys: _file_key of each batch file, in batch
     parts = [(_read_cifar_bin if binary else _read_cifar_pickle)(key[0]) for key in keys]
     x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     if y.size and (y.min() < 0 or y.max() > 9):
-        raise DataError(f'labels outside 0..9 in {os.path.dirname(keys[0][0])}; the files are corrupt.')
+        raise DataError(f"labels outside 0..9 in {os.path.dirname(keys[0][0])}; the files are corrupt.")
     x.setflags(write=False)
     y.setflags(write=False)
     return x, y
@@ -236,43 +243,40 @@ def _cifar_cached(keys, binary):  # keys: _file_key of each batch file, in batch
 
 def _cifar_paths(root, train):
     """The batch files of one split: the official pickles if their folder exists, else the binary records."""
-    folder = os.path.join(root, 'cifar10', 'cifar-10-batches-py')
+    folder = os.path.join(root, "cifar10", "cifar-10-batches-py")
     binary = not os.path.isdir(folder)
     if binary:
-        folder = os.path.join(root, 'cifar10', 'cifar-10-batches-bin')
-    names = [n + '.bin' if binary else n for n in CIFAR_BATCHES[train]]
+        folder = os.path.join(root, "cifar10", "cifar-10-batches-bin")
+    names = [n + ".bin" if binary else n for n in CIFAR_BATCHES[train]]
     missing = [n for n in names if not os.path.isfile(os.path.join(folder, n))]
     if missing:
-        raise MissingData(f'CIFAR-10 files missing: put {", ".join(missing)} in {folder}/ (extract the '
-                          f'official archive into {os.path.join(root, "cifar10")}/), or run '
-                          f'data.download("cifar10", {root!r}).')
+        raise MissingData(f"CIFAR-10 files missing: put {', '.join(missing)} in {folder}/ (extract the "
+                          f"official archive into {os.path.join(root, 'cifar10')}/), or run "
+                          f"data.download('cifar10', {root!r}).")
     return [os.path.join(folder, n) for n in names]
 
 
 def _cifar_arrays(root, train):
-    """Read the batches once per process."""
+    """CIFAR-10 batches under <root>/cifar10/ -> uint8 (N, 3, 32, 32), int64 (N,), read once per process
+    (read-only arrays, shared by every caller)."""
     paths = _cifar_paths(root, train)
-    return _cifar_cached(tuple(map(_file_key, paths)), paths[0].endswith('.bin'))
+    return _cifar_cached(tuple(map(_file_key, paths)), paths[0].endswith(".bin"))
 
 
-def load_cifar10(root, train=True):
-    """CIFAR-10 batches under <root>/cifar10/ -> uint8 (N, 3, 32, 32), int64 (N,). Fresh copies."""
-    x, y = _cifar_arrays(root, train)
-    return x.copy(), y.copy()
+# ---------------------------------------------------------------------------------------------------
+# A folder of the user's own images
+# ---------------------------------------------------------------------------------------------------
 
-
-# ---------------------------------------------------------------- a folder of the user's own images
-
-FOLDER_EXTENSIONS = ('.png', '.jpg', '.jpeg')  # compared lower-cased: .PNG, .JPG and .Jpeg count too
-FOLDER_MODES = {'1': 1, 'L': 1, 'LA': 1, 'P': 3, 'RGB': 3, 'RGBA': 3}  # Pillow mode -> channels
+FOLDER_EXTENSIONS = (".png", ".jpg", ".jpeg")  # compared lower-cased: .PNG, .JPG and .Jpeg count too
+FOLDER_MODES = {"1": 1, "L": 1, "LA": 1, "P": 3, "RGB": 3, "RGBA": 3}  # Pillow mode -> channels
 FOLDER_SIZE = {1: (28, 28), 3: (32, 32)}  # channels -> (H, W): MNIST's and CIFAR-10's
-FOLDER_INTERPOLATION = 'bilinear'  # Pillow's BILINEAR: antialiased when shrinking, no ringing (see above)
-_BILINEAR = getattr(Image, 'Resampling', Image).BILINEAR  # Image.Resampling since Pillow 9.1
+FOLDER_INTERPOLATION = "bilinear"  # Pillow's BILINEAR: antialiased when shrinking, no ringing (see above)
+_BILINEAR = getattr(Image, "Resampling", Image).BILINEAR  # Image.Resampling since Pillow 9.1
 
 
 def _visible(folder, keep):
     """The entries of `folder` that `keep(path)` accepts, sorted; names starting with '.' are skipped."""
-    return sorted(n for n in os.listdir(folder) if not n.startswith('.') and keep(os.path.join(folder, n)))
+    return sorted(n for n in os.listdir(folder) if not n.startswith(".") and keep(os.path.join(folder, n)))
 
 
 def _is_image_file(path):
@@ -281,23 +285,23 @@ def _is_image_file(path):
 
 def _folder_listing(root):
     """The checked layout: (classes, {True: [(label, path), ...], False: [...]}), files in reading order."""
-    split_dirs = {True: os.path.join(root, 'train'), False: os.path.join(root, 'test')}
+    split_dirs = {True: os.path.join(root, "train"), False: os.path.join(root, "test")}
     for d in split_dirs.values():
         if not os.path.isdir(d):
-            raise DataError(f'there is no {d} folder: put the images in '
-                            f'{os.path.join(root, "train", "<class>", "")} and '
-                            f'{os.path.join(root, "test", "<class>", "")} (PNG or JPEG).')
+            raise DataError(f"there is no {d} folder: put the images in "
+                            f"{os.path.join(root, 'train', '<class>', '')} and "
+                            f"{os.path.join(root, 'test', '<class>', '')} (PNG or JPEG).")
     names = {train: _visible(d, os.path.isdir) for train, d in split_dirs.items()}
     if len(names[False]) < 2:
-        raise DataError(f'{split_dirs[False]} holds {len(names[False])} class folder(s) {names[False]}, but '
-                        f'a one-class experiment needs at least two (one normal, the others anomalies); '
-                        f'add more.')
+        raise DataError(f"{split_dirs[False]} holds {len(names[False])} class folder(s) {names[False]}, but "
+                        f"a one-class experiment needs at least two (one normal, the others anomalies); "
+                        f"add more.")
     for a, b in ((True, False), (False, True)):
         missing = [c for c in names[a] if c not in names[b]]
         if missing:
-            raise DataError(f'the class folder {os.path.join(split_dirs[a], missing[0])} has no counterpart '
-                            f'in {split_dirs[b]}; both splits must hold the same classes, so add it there or '
-                            f'remove it.')
+            raise DataError(f"the class folder {os.path.join(split_dirs[a], missing[0])} has no counterpart "
+                            f"in {split_dirs[b]}; both splits must hold the same classes, so add it there or "
+                            f"remove it.")
     classes = names[True]  # sorted: the class index is the position in this list
     files = {}
     for train, d in split_dirs.items():
@@ -305,8 +309,8 @@ def _folder_listing(root):
         for label, c in enumerate(classes):
             images = _visible(os.path.join(d, c), _is_image_file)
             if not images:
-                raise DataError(f'the class folder {os.path.join(d, c)} holds no .png, .jpg or .jpeg file; put '
-                                f'images of class {c!r} in it, or remove the class from both splits.')
+                raise DataError(f"the class folder {os.path.join(d, c)} holds no .png, .jpg or .jpeg file; put "
+                                f"images of class {c!r} in it, or remove the class from both splits.")
             files[train] += [(label, os.path.join(d, c, n)) for n in images]
     return classes, files
 
@@ -321,26 +325,26 @@ def _read_image(path, ref):
         with Image.open(path) as img:  # reads the header only: mode and size
             mode, size = img.mode, (img.height, img.width)
             if mode not in FOLDER_MODES:
-                raise DataError(f'{path} has Pillow mode {mode!r}, which is neither 8-bit greyscale nor RGB; '
-                                f'save it as an 8-bit greyscale or RGB PNG or JPEG.')
+                raise DataError(f"{path} has Pillow mode {mode!r}, which is neither 8-bit greyscale nor RGB; "
+                                f"save it as an 8-bit greyscale or RGB PNG or JPEG.")
             channels = FOLDER_MODES[mode]
             if ref is not None and FOLDER_MODES[ref[1]] != channels:
-                kinds = {1: 'greyscale', 3: 'colour'}
-                raise DataError(f'{ref[0]} is {kinds[FOLDER_MODES[ref[1]]]} (mode {ref[1]}) but {path} is '
-                                f'{kinds[channels]} (mode {mode}); save all the images as greyscale or all as '
-                                f'colour.')
+                kinds = {1: "greyscale", 3: "colour"}
+                raise DataError(f"{ref[0]} is {kinds[FOLDER_MODES[ref[1]]]} (mode {ref[1]}) but {path} is "
+                                f"{kinds[channels]} (mode {mode}); save all the images as greyscale or all as "
+                                f"colour.")
             if ref is not None and ref[2] != size:
-                raise DataError(f'{ref[0]} is {ref[2][0]}x{ref[2][1]} but {path} is {size[0]}x{size[1]} '
-                                f'(height x width); give all the images one size.')
+                raise DataError(f"{ref[0]} is {ref[2][0]}x{ref[2][1]} but {path} is {size[0]}x{size[1]} "
+                                f"(height x width); give all the images one size.")
             img.load()  # decode every pixel now: a truncated or corrupt file raises here
-            img = img.convert('L' if channels == 1 else 'RGB')  # drops alpha, expands a palette
+            img = img.convert("L" if channels == 1 else "RGB")  # drops alpha, expands a palette
             if size != FOLDER_SIZE[channels]:
                 img = img.resize(FOLDER_SIZE[channels][::-1], _BILINEAR)  # Pillow sizes are (width, height)
             pixels = np.asarray(img)  # (H, W) or (H, W, 3) uint8
     except DataError:
         raise
     except Exception as e:  # Pillow's many failures of a malformed file: OSError, SyntaxError, ValueError, ...
-        raise DataError(f'{path} is not a readable PNG or JPEG image ({e}); replace or remove it.') from None
+        raise DataError(f"{path} is not a readable PNG or JPEG image ({e}); replace or remove it.") from None
     return mode, size, (pixels if channels == 1 else pixels.transpose(2, 0, 1))
 
 
@@ -362,10 +366,10 @@ def _folder_cached(classes, train_files, test_files):  # files: ((label, _file_k
         out += [x, y]
     channels = FOLDER_MODES[ref[1]]
     resized = ref[2] != FOLDER_SIZE[channels]
-    facts = {'classes': list(classes), 'channels': channels, 'size': FOLDER_SIZE[channels],
-             'resized_from': ref[2] if resized else None,
-             'interpolation': FOLDER_INTERPOLATION if resized else None,
-             'modes': sorted(modes), 'n_train': len(train_files), 'n_test': len(test_files)}
+    facts = {"classes": list(classes), "channels": channels, "size": FOLDER_SIZE[channels],
+             "resized_from": ref[2] if resized else None,
+             "interpolation": FOLDER_INTERPOLATION if resized else None,
+             "modes": sorted(modes), "n_train": len(train_files), "n_test": len(test_files)}
     return (*out, facts)
 
 
@@ -404,7 +408,7 @@ def folder_facts(root):
     'n_train': int, 'n_test': int}
     """
     facts = _folder_read(root)[4]
-    return dict(facts, classes=list(facts['classes']), modes=list(facts['modes']))
+    return dict(facts, classes=list(facts["classes"]), modes=list(facts["modes"]))
 
 
 def folder_classes(root):
@@ -412,34 +416,33 @@ def folder_classes(root):
     return _folder_listing(root)[0]
 
 
-def class_index(root, name_or_index):
-    """A class of the folder, given by name ('cat') or index (3, or the string '3') -> its index.
+def class_index(root, name):
+    """A class of the folder, given by its name ('cat', or '3' and 3 for a folder named 3) -> its index.
 
-    A string that is a class name means that class, even where it also reads as a number (folders '1', '5',
-    '7': '5' is class 1); any other integer, or string of digits, is an index in 0..n-1.
+    A class is named, never counted: a number is read as a name (folders '2', '5', '7': 5 and '5' are class
+    1, and 0 is refused). Only where the folders are named 0..n-1 is the number also the position, so an
+    index is taken exactly where it cannot be misread. Anything else: DataError listing the class names.
+    The name of class k: folder_classes(root)[k].
     """
     classes = folder_classes(root)
-    if isinstance(name_or_index, str) and name_or_index in classes:
-        return classes.index(name_or_index)
-    if isinstance(name_or_index, str) and name_or_index.strip().isdigit():
-        name_or_index = int(name_or_index)
-    if isinstance(name_or_index, (int, np.integer)) and not isinstance(name_or_index, bool) \
-            and 0 <= name_or_index < len(classes):
-        return int(name_or_index)
-    raise DataError(f'{name_or_index!r} is neither a class of {root} nor an index in 0..{len(classes) - 1}; '
-                    f'the classes are {", ".join(classes)}.')
+    if isinstance(name, (str, int, np.integer)) and not isinstance(name, bool) and str(name) in classes:
+        return classes.index(str(name))
+    raise DataError(f"{name!r} is not a class of {root}; the classes are {', '.join(classes)}: give one by "
+                    f"its folder name (a number counts as a name, not as a position in this list).")
 
 
-# ---------------------------------------------------------------- what the data is: its files' fingerprint
+# ---------------------------------------------------------------------------------------------------
+# What the data is: its files' fingerprint
+# ---------------------------------------------------------------------------------------------------
 
-_PATHS = {'mnist': _mnist_paths, 'cifar10': _cifar_paths, 'folder': _folder_paths}
+_PATHS = {"mnist": _mnist_paths, "cifar10": _cifar_paths, "folder": _folder_paths}
 
 
 @functools.lru_cache(maxsize=32)
 def _sha256(key):  # key: _file_key(path), so a replaced file is hashed again
     h = hashlib.sha256()
-    with open(key[0], 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
+    with open(key[0], "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
 
@@ -448,54 +451,60 @@ def fingerprint(dataset, root):
     """A short SHA-256 over the names and bytes of every file `dataset` is read from under `root`.
 
     run.py keys what it saves by it (autoencoder cache, sweep folders, the resume match) beside the settings,
-    so that a run on other data never passes for one on these. Each file is hashed once per process (MNIST:
-    about 0.1 s, CIFAR-10: 0.5 s). MissingData if the files are not there.
+    so that a run on other data never passes for one on these. Each file is hashed once per process
+    (results/README.md, section 6, measures what it costs). MissingData if the files are not there.
     """
     h = hashlib.sha256()
     for path in _PATHS[dataset](root, True) + _PATHS[dataset](root, False):
         # a folder's files are named by their path under root ('train/cat/0001.png'): the class is in it
-        name = os.path.relpath(path, root).replace(os.sep, '/') if dataset == 'folder' \
+        name = os.path.relpath(path, root).replace(os.sep, "/") if dataset == "folder" \
             else os.path.basename(path)
-        h.update(f'{name} {_sha256(_file_key(path))}\n'.encode())
+        h.update(os.fsencode(name) + f" {_sha256(_file_key(path))}\n".encode())  # fsencode: any file name
     return h.hexdigest()[:16]
 
 
-# ---------------------------------------------------------------- download
+# ---------------------------------------------------------------------------------------------------
+# Download
+# ---------------------------------------------------------------------------------------------------
 
 def _md5(path):
     h = hashlib.md5()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
 
 
 def _fetch(url, dest, md5, timeout):
     """Download url to dest via dest.part; rename only a whole file with the right MD5. None or a reason."""
-    part = dest + '.part'
+    part = dest + ".part"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, 'wb') as f:
-            announced = response.headers.get('Content-Length')
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as f:
+            announced = response.headers.get("Content-Length")
             h, n = hashlib.md5(), 0
-            for chunk in iter(lambda: response.read(1 << 16), b''):
+            for chunk in iter(lambda: response.read(1 << 16), b""):
                 f.write(chunk)
                 h.update(chunk)
                 n += len(chunk)
         if announced is not None and n != int(announced):  # read(amt) ends quietly on a cut connection
-            return f'{url}: got {n} of {announced} bytes'
+            return f"{url}: got {n} of {announced} bytes"
         if h.hexdigest() != md5:
-            return f'{url}: MD5 {h.hexdigest()} is not the published {md5}'
+            return f"{url}: MD5 {h.hexdigest()} is not the published {md5}"
         os.replace(part, dest)  # atomic: dest is either absent or whole and verified
         return None
     except (OSError, http.client.HTTPException, ValueError) as e:  # URLError, timeouts, IncompleteRead
-        return f'{url}: {e}'
+        return f"{url}: {e}"
     finally:
         if os.path.exists(part):
             os.remove(part)
 
 
 def _fetch_all(files, folder, mirrors, timeout):
-    """Fetch each {name: md5} not already present and verified; DataError naming what is still missing."""
+    """Fetch each {name: md5} not already present and verified; DataError naming what is still missing, where
+    to put it and its MD5. On failure the folders this call made are removed again where they are empty."""
+    made, d = [], os.path.abspath(folder)
+    while not os.path.exists(d):  # the folders makedirs will create, deepest first
+        made, d = made + [d], os.path.dirname(d)
     os.makedirs(folder, exist_ok=True)
     failed, reasons = [], []
     for name, md5 in files.items():
@@ -504,15 +513,22 @@ def _fetch_all(files, folder, mirrors, timeout):
             continue  # present and verified
         tries = []
         for base in mirrors:  # in order, until one gives a whole, verified file
-            tries.append(_fetch(base.rstrip('/') + '/' + name, dest, md5, timeout))
+            tries.append(_fetch(base.rstrip("/") + "/" + name, dest, md5, timeout))
             if tries[-1] is None:
                 break
         else:
             failed.append(name)
             reasons += tries
     if failed:
-        raise DataError(f'could not download {", ".join(failed)}; put {"them" if len(failed) > 1 else "it"} '
-                        f'(with the published MD5) in {folder}/ by hand. Tried: {"; ".join(reasons)}.')
+        for d in made:  # leave no empty folder behind (verified files stay, and are not fetched again)
+            try:
+                os.rmdir(d)
+            except OSError:  # not empty
+                break
+        listed = ", ".join(f"{name} (MD5 {files[name]})" for name in failed)
+        raise DataError(f"could not download {listed}; place {'them' if len(failed) > 1 else 'it'} by hand in "
+                        f"{folder}/ (check a copy with md5sum: the sum must match) and run again. "
+                        f"Tried: {'; '.join(reasons)}.")
 
 
 def _safe_extract(archive, folder):
@@ -524,15 +540,15 @@ def _safe_extract(archive, folder):
             for m in members:
                 target = os.path.realpath(os.path.join(top, m.name))  # '..' and absolute names resolved
                 if not (m.isfile() or m.isdir()):
-                    raise DataError(f'refusing to extract {m.name} from {archive}: links and devices '
-                                    f'are not allowed.')
+                    raise DataError(f"refusing to extract {m.name} from {archive}: links and devices "
+                                    f"are not allowed.")
                 if os.path.commonpath([top, target]) != top:
-                    raise DataError(f'refusing to extract {m.name} from {archive}: it would land '
-                                    f'outside {folder}.')
-            safety = {'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}  # 2nd line of defence
+                    raise DataError(f"refusing to extract {m.name} from {archive}: it would land "
+                                    f"outside {folder}.")
+            safety = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # 2nd line of defence
             tar.extractall(top, members, **safety)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        raise DataError(f'{archive} is not a readable tar archive ({e}); delete it and run again.') from None
+        raise DataError(f"{archive} is not a readable tar archive ({e}); delete it and run again.") from None
 
 
 def download(name, root, mirrors=None, timeout=30):
@@ -542,28 +558,30 @@ def download(name, root, mirrors=None, timeout=30):
     a test may point them at a local server. Files already present with the published MD5 are skipped;
     the CIFAR-10 archive is kept beside the extracted batches and not extracted again once they exist.
     """
-    if name == 'mnist':
-        _fetch_all(MNIST_FILES, os.path.join(root, 'mnist'), mirrors or MNIST_MIRRORS, timeout)
+    if name == "mnist":
+        _fetch_all(MNIST_FILES, os.path.join(root, "mnist"), mirrors or MNIST_MIRRORS, timeout)
         return
-    if name != 'cifar10':
-        raise ValueError(f'download knows "mnist" and "cifar10", not {name!r}.')
-    folder = os.path.join(root, 'cifar10')
-    batches = os.path.join(folder, 'cifar-10-batches-py')
+    if name != "cifar10":
+        raise ValueError(f"download knows 'mnist' and 'cifar10', not {name!r}.")
+    folder = os.path.join(root, "cifar10")
+    batches = os.path.join(folder, "cifar-10-batches-py")
     if all(os.path.isfile(os.path.join(batches, n)) for n in CIFAR_BATCHES[True] + CIFAR_BATCHES[False]):
         return  # already extracted
     _fetch_all(CIFAR_FILES, folder, mirrors or CIFAR_MIRRORS, timeout)
-    scratch = tempfile.mkdtemp(prefix='.extract-', dir=folder)  # extract aside, then rename in one step
+    scratch = tempfile.mkdtemp(prefix=".extract-", dir=folder)  # extract aside, then rename in one step
     try:
         _safe_extract(os.path.join(folder, next(iter(CIFAR_FILES))), scratch)
-        os.replace(os.path.join(scratch, 'cifar-10-batches-py'), batches)
+        os.replace(os.path.join(scratch, "cifar-10-batches-py"), batches)
     except OSError as e:  # no such folder in the archive, or an incomplete one in the way
-        raise DataError(f'could not put the extracted batches at {batches} ({e}); remove any '
-                        f'incomplete folder there and run again.') from None
+        raise DataError(f"could not put the extracted batches at {batches} ({e}); remove any "
+                        f"incomplete folder there and run again.") from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-# ---------------------------------------------------------------- preprocessing and the one-class split
+# ---------------------------------------------------------------------------------------------------
+# Preprocessing and the one-class split
+# ---------------------------------------------------------------------------------------------------
 
 def gcn_l1(x):
     """Global contrast normalisation with the l1 scale, per image over all C*H*W values (D of them):
@@ -574,9 +592,11 @@ def gcn_l1(x):
     the min-max scaling that follows cancels the factor D.) A constant image maps to zeros, not NaN.
     """
     dims = tuple(range(1, x.dim()))  # every axis but the batch axis
+    constant = x.amax(dim=dims, keepdim=True) == x.amin(dim=dims, keepdim=True)  # (N, 1, ...)
     x = x - x.mean(dim=dims, keepdim=True)  # (N, ...) centred: mu = 0
     s = x.abs().mean(dim=dims, keepdim=True)  # (N, 1, ...) mean absolute deviation
-    return x.div_(s.clamp_min(torch.finfo(x.dtype).tiny))  # 0 / tiny = 0 for a constant image
+    x = x.div_(s.clamp_min(torch.finfo(x.dtype).tiny))  # 0 / tiny = 0 where the centring is exact
+    return x.masked_fill_(constant, 0.0)  # a constant image: mean(x) may round off it, leaving +-1; set 0
 
 
 @dataclasses.dataclass
@@ -592,7 +612,7 @@ class OneClassData:
     normal_class: int
 
 
-_ARRAYS = {'mnist': _mnist_arrays, 'cifar10': _cifar_arrays, 'folder': _folder_arrays}
+_ARRAYS = {"mnist": _mnist_arrays, "cifar10": _cifar_arrays, "folder": _folder_arrays}
 
 
 def _to_float64(x):
@@ -609,16 +629,16 @@ def minmax_per_image(x):
     return (x - lo).div_(span.clamp_min(torch.finfo(x.dtype).tiny))
 
 
-def _normalise(x, scaling):
+def _normalize(x, scaling):
     """Before the min-max: GCN (class), each image's own min-max (image), or nothing (minmax)."""
-    return gcn_l1(x) if scaling == 'class' else minmax_per_image(x) if scaling == 'image' else x
+    return gcn_l1(x) if scaling == "class" else minmax_per_image(x) if scaling == "image" else x
 
 
 def preprocess(images, scaling, scale):
     """uint8 images (N, H, W) or (N, C, H, W) -> float32 (N, C, H, W): what one_class_split does to the test set,
     with a run's two training constants scale = (lo, hi) (metrics.json): for new images (score.py)."""
     lo, hi = scale
-    return ((_normalise(_to_float64(images), scaling) - lo) / (hi - lo)).to(torch.float32)
+    return ((_normalize(_to_float64(images), scaling) - lo) / (hi - lo)).to(torch.float32)
 
 
 def read_images(paths):
@@ -630,12 +650,12 @@ def read_images(paths):
         ref = ref or (path, mode, size)
         out.append(pixels)
     if not out:
-        raise DataError('no image to read: give PNG or JPEG files, or folders that hold some.')
+        raise DataError("no image to read: give PNG or JPEG files, or folders that hold some.")
     return np.stack(out), FOLDER_MODES[ref[1]], ref[2]
 
 
-def one_class_split(dataset, normal_class, pollution_rate=0.0, seed=0, root='data', device='cpu',
-                    scaling='class'):
+def one_class_split(dataset, normal_class, pollution_rate=0.0, seed=0, root="data", device="cpu",
+                    scaling="class"):
     """Deep SVDD's one-class experiment for `normal_class`, optionally polluted (see the module docstring).
 
     scaling: 'class' (the paper's GCN + min-max with the training set's two constants), 'minmax' (the same
@@ -643,34 +663,38 @@ def one_class_split(dataset, normal_class, pollution_rate=0.0, seed=0, root='dat
     lab's per-image min-max).
     """
     if dataset not in _ARRAYS:
-        raise ValueError(f'dataset must be one of {sorted(_ARRAYS)}, not {dataset!r}.')
-    if scaling not in ('class', 'minmax', 'image'):
+        raise ValueError(f"dataset must be one of {sorted(_ARRAYS)}, not {dataset!r}.")
+    if scaling not in ("class", "minmax", "image"):
         raise ValueError(f"scaling must be 'class', 'minmax' or 'image', not {scaling!r}.")
-    classes = folder_classes(root) if dataset == 'folder' else range(10)  # a folder: its sorted class names
+    classes = folder_classes(root) if dataset == "folder" else range(10)  # a folder: its sorted class names
     if isinstance(normal_class, bool) or not isinstance(normal_class, (int, np.integer)) \
             or not 0 <= normal_class < len(classes):
-        names = f' (the classes {", ".join(classes)}: data.class_index maps a name to its index)' \
-            if dataset == 'folder' else ''
-        raise ValueError(f'normal_class must be an integer class label in 0..{len(classes) - 1}{names}, '
-                         f'not {normal_class!r}.')
+        names = f" (the classes {', '.join(classes)}: data.class_index maps a name to its index)" \
+            if dataset == "folder" else ""
+        raise ValueError(f"normal_class must be an integer class label in 0..{len(classes) - 1}{names}, "
+                         f"not {normal_class!r}.")
     if not 0 <= pollution_rate < 1:
-        raise ValueError(f'pollution_rate is the anomalies\' share of the train set, so it must lie in '
-                         f'[0, 1), not {pollution_rate!r}.')
+        raise ValueError(f"pollution_rate is the anomalies' share of the train set, so it must lie in "
+                         f"[0, 1), not {pollution_rate!r}.")
     x_all, y_all = _ARRAYS[dataset](root, True)  # read-only, cached
     x_te, y_te = _ARRAYS[dataset](root, False)
     normal = np.flatnonzero(y_all == normal_class)  # official training indices of class k
     others = np.flatnonzero(y_all != normal_class)
     k_p = round(pollution_rate * len(normal) / (1 - pollution_rate))  # k_p / (n + k_p) = p, to rounding
     if k_p > len(others):
-        raise ValueError(f'pollution_rate {pollution_rate} needs {k_p} anomalies but the other classes '
-                         f'have only {len(others)} training images; use a smaller rate.')
+        raise ValueError(f"pollution_rate {pollution_rate} needs {k_p} anomalies but the other classes "
+                         f"have only {len(others)} training images; use a smaller rate.")
     rng = np.random.default_rng(seed)
     injected = np.sort(rng.choice(others, size=k_p, replace=False))  # uniform, without replacement
     train_index = np.concatenate([normal, injected])  # normal first, then the anomalies
 
-    x_train = _normalise(_to_float64(x_all[train_index]), scaling)  # (n, C, H, W) float64
-    x_test = _normalise(_to_float64(x_te), scaling)  # (10000, C, H, W) float64
-    if scaling == 'image':
+    x_train = _normalize(_to_float64(x_all[train_index]), scaling)  # (n, C, H, W) float64
+    x_test = _normalize(_to_float64(x_te), scaling)  # (10000, C, H, W) float64
+    if x_train.min() == x_train.max():  # nothing to learn, and the min-max below would divide by 0
+        raise DataError(f"every training image of class {classes[normal_class]} is the same constant after "
+                        f"the {scaling!r} preprocessing (blank images, or images too small to vary, such as "
+                        f"1x1), so there is nothing to learn; use images whose pixels vary.")
+    if scaling == "image":
         lo, hi = 0.0, 1.0  # no shared constants: (0, 1) leaves the images as they are below
     else:
         lo, hi = x_train.min().item(), x_train.max().item()  # over ALL pixels of the train set

@@ -57,41 +57,49 @@ Choices and deviations from sklearn
   a number there would hide a broken test split.
 """
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 import matplotlib
-matplotlib.use('Agg')  # files only, no window: works on servers and in tests
+matplotlib.use("Agg")  # files only, no window: works on servers and in tests
 import matplotlib.pyplot as plt
 
 
-# ----------------------------------------------------------------------------------------------------- metrics
+# ---------------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------------
 
 def _check(labels, scores, name, both_classes=True):
     """Validate and convert: labels -> (n,) int64 of 0/1, scores -> (n,) float64, all finite."""
     y, s = np.asarray(labels), np.asarray(scores, dtype=np.float64)
     if y.ndim != 1 or s.ndim != 1:
-        raise ValueError(f'{name}: labels and scores must be 1-D, got shapes {y.shape} and {s.shape}.')
+        raise ValueError(f"{name}: labels and scores must be 1-D, got shapes {y.shape} and {s.shape}.")
     if y.size != s.size:
-        raise ValueError(f'{name}: labels and scores must have the same length, got {y.size} and {s.size}.')
+        raise ValueError(f"{name}: labels and scores must have the same length, got {y.size} and {s.size}.")
     bad = ~np.isin(y, (0, 1))
     if bad.any():
-        raise ValueError(f'{name}: labels must be 0 (normal) or 1 (anomaly), found {np.unique(y[bad])[:5]}.')
+        raise ValueError(f"{name}: labels must be 0 (normal) or 1 (anomaly), found {np.unique(y[bad])[:5]}.")
     bad = ~np.isfinite(s)
     if bad.any():
-        raise ValueError(f'{name}: {bad.sum()} of {s.size} scores are NaN or infinite (first at index '
-                         f'{np.flatnonzero(bad)[0]}); check the training loss for divergence before scoring.')
+        raise ValueError(f"{name}: {bad.sum()} of {s.size} scores are NaN or infinite (first at index "
+                         f"{np.flatnonzero(bad)[0]}); check the training loss for divergence before scoring.")
     y = y.astype(np.int64)
     n_1 = int(y.sum())
     if both_classes and (n_1 == 0 or n_1 == y.size):
-        raise ValueError(f'{name} needs both normal (0) and anomalous (1) labels, but the {y.size} labels '
-                         f'hold {y.size - n_1} normal and {n_1} anomalous; it is undefined for one class.')
+        raise ValueError(f"{name} needs both normal (0) and anomalous (1) labels, but the {y.size} labels "
+                         f"hold {y.size - n_1} normal and {n_1} anomalous; it is undefined for one class.")
     return y, s
 
 
 def auroc(labels, scores):
-    """Area under the ROC curve, eq. (1), from ranks (Mann-Whitney U), O(n log n)."""
-    y, s = _check(labels, scores, 'auroc')
+    """Area under the ROC curve, eq. (1): `_check` validates the input, `rank_auroc` computes the number."""
+    y, s = _check(labels, scores, "auroc")
+    return rank_auroc(y, s)
+
+
+def rank_auroc(y, s):
+    """Eq. (1) from ranks (Mann-Whitney U), O(n log n); y: (n,) int64 0/1 with both classes, s: (n,) float64."""
     n_1 = int(y.sum())
     n_0 = y.size - n_1
     order = np.argsort(s)                                     # (n,) ascending
@@ -108,7 +116,7 @@ def auroc(labels, scores):
 
 def _counts(y, s):
     """TP(t) and FP(t) of eq. (2) at each distinct score t, highest first: (tp, fp, thresholds), each (m,)."""
-    order = np.argsort(-s, kind='stable')                     # (n,) descending
+    order = np.argsort(-s, kind="stable")                     # (n,) descending
     s_desc, y_desc = s[order], y[order]
     last = np.r_[s_desc[1:] != s_desc[:-1], True]             # (n,) True at the last member of each tie group
     tp = np.cumsum(y_desc)[last]                              # anomalies with s >= t
@@ -118,7 +126,7 @@ def _counts(y, s):
 
 def roc_curve(labels, scores):
     """ROC curve, eq. (2): (fpr, tpr, thresholds), from (0, 0) at t = +inf to (1, 1); tied scores are one point."""
-    y, s = _check(labels, scores, 'roc_curve')
+    y, s = _check(labels, scores, "roc_curve")
     tp, fp, t = _counts(y, s)
     fpr = np.r_[0, fp] / fp[-1]                               # fp[-1] = n_0
     tpr = np.r_[0, tp] / tp[-1]                               # tp[-1] = n_1
@@ -127,7 +135,7 @@ def roc_curve(labels, scores):
 
 def precision_recall_curve(labels, scores):
     """Precision and recall, eq. (3): (precision, recall, thresholds), thresholds falling, recall rising."""
-    y, s = _check(labels, scores, 'precision_recall_curve')
+    y, s = _check(labels, scores, "precision_recall_curve")
     tp, fp, t = _counts(y, s)
     precision = tp / (tp + fp)                                # tp + fp >= 1: t is one of the scores
     recall = tp / tp[-1]
@@ -142,9 +150,9 @@ def average_precision(labels, scores):
 
 def summarize(labels, scores):
     """The numbers run.py writes to metrics.json."""
-    y, _ = _check(labels, scores, 'summarize')
-    return {'auroc': auroc(labels, scores), 'average_precision': average_precision(labels, scores),
-            'n_normal': int((y == 0).sum()), 'n_anomalous': int((y == 1).sum())}
+    y, _ = _check(labels, scores, "summarize")
+    return {"auroc": auroc(labels, scores), "average_precision": average_precision(labels, scores),
+            "n_normal": int((y == 0).sum()), "n_anomalous": int((y == 1).sum())}
 
 
 def quantile_threshold(train_scores, level):
@@ -157,8 +165,8 @@ def quantile_threshold(train_scores, level):
     """
     s = np.sort(np.asarray(train_scores, dtype=np.float64).ravel())
     if s.size == 0 or not 0 < level < 1 + 1e-12:
-        raise ValueError(f'quantile_threshold: need training scores and a level in (0, 1], got {s.size} scores '
-                         f'and level {level!r}.')
+        raise ValueError(f"quantile_threshold: need training scores and a level in (0, 1], got {s.size} scores "
+                         f"and level {level!r}.")
     k = max(1, math.ceil(level * s.size - 1e-9))                # guard 0.1 * 6000 = 600.0000001
     return float(s[s.size - k])
 
@@ -166,21 +174,23 @@ def quantile_threshold(train_scores, level):
 def decision(labels, scores, threshold):
     """(6) The flags s > t on a labelled set: precision TP / (TP + FP), recall TP / n_1, F1 their harmonic mean
     (0 where undefined), and the fraction of the set flagged."""
-    y, s = _check(labels, scores, 'decision', both_classes=False)
+    y, s = _check(labels, scores, "decision", both_classes=False)
     flagged = s > threshold
     tp, fp = int((flagged & (y == 1)).sum()), int((flagged & (y == 0)).sum())
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / max(1, int(y.sum()))
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {'precision': precision, 'recall': recall, 'f1': f1, 'test_flagged': float(flagged.mean())}
+    return {"precision": precision, "recall": recall, "f1": f1, "test_flagged": float(flagged.mean())}
 
 
-# ------------------------------------------------------------------------------------------------------- plots
+# ---------------------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------------------
 
 def _save(fig, path):
     """Write one PNG (creating parent folders), close the figure, return path."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches='tight')       # grow the canvas so no text is clipped
+    fig.savefig(path, dpi=120, bbox_inches="tight")       # grow the canvas so no text is clipped
     plt.close(fig)
     return path
 
@@ -197,74 +207,74 @@ def plot_history(histories, path):
     """
     stages = [(name, h) for name, h in histories.items() if h]
     if not stages:
-        raise ValueError('plot_history: every stage history is empty; there is nothing to plot.')
-    skip = {'epoch', 'loss', 'lr', 'seconds', 'outer', 'N_l1'}  # N_l1: N_l1_per_image shows the same curve
+        raise ValueError("plot_history: every stage history is empty; there is nothing to plot.")
+    skip = {"epoch", "loss", "lr", "seconds", "outer", "N_l1"}  # N_l1: N_l1_per_image shows the same curve
     extras = {name: list(dict.fromkeys(k for e in h for k, v in e.items() if k not in skip and _is_number(v)))
               for name, h in stages}                          # keys in order of first appearance
     ncols = 1 + max(len(keys) for keys in extras.values())
     fig, axes = plt.subplots(len(stages), ncols, figsize=(4.6 * ncols, 3.3 * len(stages)), squeeze=False,
-                             layout='constrained')
+                             layout="constrained")
     for row, (name, h) in zip(axes, stages):
-        epoch = np.array([e.get('epoch', i + 1) for i, e in enumerate(h)])
-        for ax, key in zip(row, ['loss'] + extras[name]):
+        epoch = np.array([e.get("epoch", i + 1) for i, e in enumerate(h)])
+        for ax, key in zip(row, ["loss"] + extras[name]):
             v = np.array([e.get(key) if _is_number(e.get(key)) else np.nan for e in h], dtype=float)
             keep = np.isfinite(v)                             # a key logged only some epochs (RCAE's N-step)
-            marker = 'o' if keep.sum() <= 30 else None
+            marker = "o" if keep.sum() <= 30 else None
             ax.plot(epoch[keep], v[keep], marker=marker, markersize=3,
-                    color='tab:blue' if key == 'loss' else 'tab:orange')
+                    color="tab:blue" if key == "loss" else "tab:orange")
             finite = v[keep]
-            log = key == 'loss' and finite.size > 0 and bool(np.all(finite > 0))
+            log = key == "loss" and finite.size > 0 and bool(np.all(finite > 0))
             if log:
-                ax.set_yscale('log')
-            ax.set(title=f'{name}: {key}', xlabel='epoch', ylabel=f'{key} (log scale)' if log else key)
+                ax.set_yscale("log")
+            ax.set(title=f"{name}: {key}", xlabel="epoch", ylabel=f"{key} (log scale)" if log else key)
             ax.grid(alpha=0.3)
         for ax in row[1 + len(extras[name]):]:
-            ax.axis('off')                                    # this stage has fewer extra keys than the widest
-    fig.suptitle('training history', fontsize=13)
+            ax.axis("off")                                    # this stage has fewer extra keys than the widest
+    fig.suptitle("training history", fontsize=13)
     return _save(fig, path)
 
 
-def plot_score_hist(labels, scores, path, title=''):
+def plot_score_hist(labels, scores, path, title=""):
     """Overlaid histograms of normal and anomalous test scores (each group sums to 1), on shared bins."""
-    y, s = _check(labels, scores, 'plot_score_hist', both_classes=False)
+    y, s = _check(labels, scores, "plot_score_hist", both_classes=False)
     n_bins = int(np.clip(np.sqrt(s.size), 10, 60))
     # Distances span decades (most normals near 0, a long anomalous tail): then log-spaced bins on a log axis.
     log = bool(np.all(s > 0)) and np.percentile(s, 99) > 30 * np.percentile(s, 1)
     bins = np.geomspace(s.min(), s.max(), n_bins + 1) if log else np.histogram_bin_edges(s, bins=n_bins)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout='constrained')
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
     if log:
-        ax.set_xscale('log')
-    for value, name, color in ((0, 'normal', 'tab:blue'), (1, 'anomalous', 'tab:red')):
+        ax.set_xscale("log")
+    for value, name, color in ((0, "normal", "tab:blue"), (1, "anomalous", "tab:red")):
         part = s[y == value]
         if part.size:
             ax.hist(part, bins=bins, weights=np.full(part.size, 1 / part.size), alpha=0.5, color=color,
-                    edgecolor=color, label=f'{name} (n = {part.size})')
-    ax.set(xlabel='anomaly score (higher = more anomalous)' + (', log scale' if log else ''),
-           ylabel='fraction of the group per bin', title=title or 'test scores by true label')
+                    edgecolor=color, label=f"{name} (n = {part.size})")
+    ax.set(xlabel="anomaly score (higher = more anomalous)" + (", log scale" if log else ""),
+           ylabel="fraction of the group per bin", title=title or "test scores by true label")
     ax.legend()
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
-def plot_roc_pr(labels, scores, path, title=''):
+def plot_roc_pr(labels, scores, path, title=""):
     """Two panels: the ROC curve with the chance diagonal, and the PR curve with the base rate."""
     fpr, tpr, _ = roc_curve(labels, scores)
     precision, recall, _ = precision_recall_curve(labels, scores)
     auc, ap = auroc(labels, scores), average_precision(labels, scores)
     base_rate = float(np.mean(np.asarray(labels) == 1))       # n_1 / n: precision of flagging everything
-    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(10.5, 4.8), layout='constrained')
-    ax_roc.plot(fpr, tpr, color='tab:blue', label=f'ROC (AUROC = {auc:.4f})')
-    ax_roc.plot([0, 1], [0, 1], '--', color='gray', label='chance (AUROC = 0.5)')
-    ax_roc.set(xlim=(0, 1), ylim=(0, 1.01), aspect='equal', title='ROC curve',
-               xlabel='false positive rate (normals flagged)', ylabel='true positive rate (anomalies caught)')
+    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(10.5, 4.8), layout="constrained")
+    ax_roc.plot(fpr, tpr, color="tab:blue", label=f"ROC (AUROC = {auc:.4f})")
+    ax_roc.plot([0, 1], [0, 1], "--", color="gray", label="chance (AUROC = 0.5)")
+    ax_roc.set(xlim=(0, 1), ylim=(0, 1.01), aspect="equal", title="ROC curve",
+               xlabel="false positive rate (normals flagged)", ylabel="true positive rate (anomalies caught)")
     # steps-pre from (0, P_1): precision P_k holds on (R_{k-1}, R_k], so the area under the steps is AP, eq. (4)
-    ax_pr.step(np.r_[0, recall], np.r_[precision[0], precision], where='pre', color='tab:blue',
-               label=f'PR (AP = {ap:.4f})')
-    ax_pr.axhline(base_rate, ls='--', color='gray', label=f'base rate n_1/n = {base_rate:.3f}')
-    ax_pr.set(xlim=(0, 1), ylim=(0, 1.01), title='precision-recall curve (anomaly = positive)',
-              xlabel='recall (anomalies caught)', ylabel='precision (flagged that are anomalies)')
-    ax_roc.legend(loc='lower right')                          # the ROC curve never enters that corner
-    ax_pr.legend(loc='best')                                  # the PR curve can run anywhere
+    ax_pr.step(np.r_[0, recall], np.r_[precision[0], precision], where="pre", color="tab:blue",
+               label=f"PR (AP = {ap:.4f})")
+    ax_pr.axhline(base_rate, ls="--", color="gray", label=f"base rate n_1/n = {base_rate:.3f}")
+    ax_pr.set(xlim=(0, 1), ylim=(0, 1.01), title="precision-recall curve (anomaly = positive)",
+              xlabel="recall (anomalies caught)", ylabel="precision (flagged that are anomalies)")
+    ax_roc.legend(loc="lower right")                          # the ROC curve never enters that corner
+    ax_pr.legend(loc="best")                                  # the PR curve can run anywhere
     for ax in (ax_roc, ax_pr):
         ax.grid(alpha=0.3)
     if title:
@@ -290,7 +300,7 @@ def _mosaic(tiles, ncols, pad=2):
     return out
 
 
-def plot_extremes(images, scores, labels, path, k=16, title=''):
+def plot_extremes(images, scores, labels, path, k=16, title=""):
     """The k most normal and k most anomalous NORMAL test images (label 0), each tile labelled with its score.
 
     This is the figure of Ruff et al. (2018): what the model finds atypical within the normal class itself.
@@ -298,38 +308,38 @@ def plot_extremes(images, scores, labels, path, k=16, title=''):
     (one imshow, not one axes per tile), which keeps the figure quick to draw.
     """
     images = np.asarray(images, dtype=np.float64)
-    y, s = _check(labels, scores, 'plot_extremes', both_classes=False)
+    y, s = _check(labels, scores, "plot_extremes", both_classes=False)
     if images.ndim != 4 or images.shape[1] not in (1, 3) or len(images) != s.size:
-        raise ValueError(f'plot_extremes: images must be (N, C, H, W) with C = 1 or 3 and N = {s.size} '
-                         f'(the number of scores), got shape {images.shape}.')
+        raise ValueError(f"plot_extremes: images must be (N, C, H, W) with C = 1 or 3 and N = {s.size} "
+                         f"(the number of scores), got shape {images.shape}.")
     normal = np.flatnonzero(y == 0)
     if normal.size == 0:
-        raise ValueError('plot_extremes: there are no normal (label 0) images to rank.')
-    order = normal[np.argsort(s[normal], kind='stable')]      # normal images, lowest score first
+        raise ValueError("plot_extremes: there are no normal (label 0) images to rank.")
+    order = normal[np.argsort(s[normal], kind="stable")]      # normal images, lowest score first
     k = min(k, normal.size)
-    groups = [(f'normal test images with the {k} lowest scores (most typical)', order[:k]),
-              (f'normal test images with the {k} highest scores (least typical)', order[::-1][:k])]
+    groups = [(f"normal test images with the {k} lowest scores (most typical)", order[:k]),
+              (f"normal test images with the {k} highest scores (least typical)", order[::-1][:k])]
     ncols = min(k, 8)
     nrows = math.ceil(k / ncols)
     h, w = images.shape[2:]
     pad = max(2, h // 3)                                      # room under each tile for its score
     fig, axes = plt.subplots(2, 1, figsize=(1.2 * ncols + 0.4, 2 * 1.35 * nrows + 1.0))
     for ax, (name, idx) in zip(axes, groups):
-        ax.imshow(_mosaic([_to_display(images[i]) for i in idx], ncols, pad), cmap='gray', vmin=0, vmax=1,
-                  interpolation='nearest')
+        ax.imshow(_mosaic([_to_display(images[i]) for i in idx], ncols, pad), cmap="gray", vmin=0, vmax=1,
+                  interpolation="nearest")
         for j, i in enumerate(idx):                           # the score under each tile
             r, c = divmod(j, ncols)
-            ax.text(c * (w + pad) + w / 2, r * (h + pad) + h + pad / 2, f'{s[i]:.3g}', ha='center',
-                    va='center', fontsize=7)
-        ax.set_title(name, fontsize=10, fontweight='bold')
-        ax.axis('off')
-    every = f'every image here is a normal test image (label 0): {min(2 * k, normal.size)} of the {normal.size}'
-    fig.suptitle(f'{title}\n{every}' if title else every, fontsize=10)
-    fig.text(0.5, 0.005, 'number under each image = its anomaly score', ha='center', fontsize=8)
+            ax.text(c * (w + pad) + w / 2, r * (h + pad) + h + pad / 2, f"{s[i]:.3g}", ha="center",
+                    va="center", fontsize=7)
+        ax.set_title(name, fontsize=10, fontweight="bold")
+        ax.axis("off")
+    every = f"every image here is a normal test image (label 0): {min(2 * k, normal.size)} of the {normal.size}"
+    fig.suptitle(f"{title}\n{every}" if title else every, fontsize=10)
+    fig.text(0.5, 0.005, "number under each image = its anomaly score", ha="center", fontsize=8)
     return _save(fig, path)
 
 
-def plot_codes(codes, labels, scores, threshold, path, title='', center=None, R2=0.0, direction=None):
+def plot_codes(codes, labels, scores, threshold, path, title="", center=None, R2=0.0, direction=None):
     """What the objective did to the representation: the test codes on their first two principal components
     (normal and anomalous in two colours; Deep SVDD's centre c and the threshold sphere, whose outline in any
     projection through c is a circle of its radius; OC-NN's direction u as an arrow), beside a histogram of
@@ -339,36 +349,50 @@ def plot_codes(codes, labels, scores, threshold, path, title='', center=None, R2
     sqrt(threshold + R^2)); center (D,), direction (D,) or None.
     """
     z = np.asarray(codes, dtype=np.float64)
-    y, s = _check(labels, scores, 'plot_codes', both_classes=False)
+    y, s = _check(labels, scores, "plot_codes", both_classes=False)
     mean = z.mean(0)
     _, _, vt = np.linalg.svd(z - mean, full_matrices=False)       # principal directions of the test codes
     P = vt[:2].T if vt.shape[0] >= 2 else np.eye(z.shape[1], 2)   # (D, 2)
     xy = (z - mean) @ P
-    fig, (ax, hx) = plt.subplots(1, 2, figsize=(11, 4.6), layout='constrained')
-    for value, name, color in ((1, 'anomalous', 'tab:red'), (0, 'normal', 'tab:blue')):  # the normal class on top
+    fig, (ax, hx) = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained")
+    for value, name, color in ((1, "anomalous", "tab:red"), (0, "normal", "tab:blue")):  # the normal class on top
         part = xy[y == value]
-        ax.scatter(part[:, 0], part[:, 1], s=4, alpha=0.35, color=color, label=f'{name} (n = {len(part)})')
+        ax.scatter(part[:, 0], part[:, 1], s=4, alpha=0.35, color=color, label=f"{name} (n = {len(part)})")
     if center is not None:
         c = (np.asarray(center, dtype=np.float64) - mean) @ P
-        ax.scatter(*c, marker='x', s=30, color='black', label='c')
+        ax.scatter(*c, marker="x", s=30, color="black", label="c")
         radius = math.sqrt(max(threshold + R2, 0.0))
-        ax.add_patch(plt.Circle(c, radius, fill=False, ls='--', color='black', label='threshold sphere'))
+        ax.add_patch(plt.Circle(c, radius, fill=False, ls="--", color="black", label="threshold sphere"))
     if direction is not None:
         u = np.asarray(direction, dtype=np.float64) @ P
         scale = np.abs(xy).max() / max(np.linalg.norm(u), 1e-12) / 2
-        ax.annotate('', xy=u * scale, xytext=(0, 0), arrowprops=dict(arrowstyle='->', lw=2))
-        ax.plot([], [], color='black', label='OC-NN direction u = V^T w')
-    ax.set(xlabel='principal component 1 of the test codes', ylabel='principal component 2',
-           title=title or 'test codes')
-    ax.set_aspect('equal', adjustable='datalim')
+        ax.annotate("", xy=u * scale, xytext=(0, 0), arrowprops=dict(arrowstyle="->", lw=2))
+        ax.plot([], [], color="black", label="OC-NN direction u = V^T w")
+    ax.set(xlabel="principal component 1 of the test codes", ylabel="principal component 2",
+           title=title or "test codes")
+    ax.set_aspect("equal", adjustable="datalim")
     ax.legend(fontsize=8, markerscale=1.5)
     bins = np.histogram_bin_edges(s, bins=int(np.clip(np.sqrt(s.size), 10, 60)))
-    for value, name, color in ((0, 'normal', 'tab:blue'), (1, 'anomalous', 'tab:red')):
+    for value, name, color in ((0, "normal", "tab:blue"), (1, "anomalous", "tab:red")):
         part = s[y == value]
         if part.size:
             hx.hist(part, bins=bins, weights=np.full(part.size, 1 / part.size), alpha=0.5, color=color,
                     label=name)
-    hx.axvline(threshold, color='black', ls='--', label=f'threshold {threshold:.4g} (flagged: above)')
-    hx.set(xlabel='anomaly score', ylabel='fraction of the group per bin', title='test scores and the decision')
+    hx.axvline(threshold, color="black", ls="--", label=f"threshold {threshold:.4g} (flagged: above)")
+    hx.set(xlabel="anomaly score", ylabel="fraction of the group per bin", title="test scores and the decision")
     hx.legend(fontsize=8)
     return _save(fig, path)
+
+
+def plot_run(folder, title, stages, images, labels, scores, threshold, codes=None, **codes_view):
+    """A run folder's plots/: training curves (where a stage has epochs), score histograms, ROC and PR curves,
+    the extreme normal test images and, where the run has codes, codes.png (codes_view: plot_codes' centre,
+    R2 or direction)."""
+    os.makedirs(folder, exist_ok=True)
+    if any(stages.values()):                                    # a shallow detector on pixels: no epochs
+        plot_history(stages, os.path.join(folder, "training.png"))
+    plot_score_hist(labels, scores, os.path.join(folder, "score_hist.png"), title=title)
+    plot_roc_pr(labels, scores, os.path.join(folder, "roc_pr.png"), title=title)
+    plot_extremes(images, scores, labels, os.path.join(folder, "extremes.png"), title=title)
+    if codes is not None:
+        plot_codes(codes, labels, scores, threshold, os.path.join(folder, "codes.png"), title=title, **codes_view)

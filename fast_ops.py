@@ -6,20 +6,18 @@ know they exist. Each replaces one plain op and gives the same numbers (a test i
   max_pool2(x)         replaces F.max_pool2d(x, 2). Exactly equal, values and gradients, ties included
                        (tests: test_ae_max_pool2_*). Why faster: on the CPU, F.max_pool2d also computes the
                        argmax indices its backward needs, even under no_grad; the maximum of the four
-                       strided corners of each window is several times faster (DCAE scoring of the MNIST
-                       test set 1.7x faster). With autograd on the CPU, `MaxPool2` sends each window's
-                       gradient to its first maximum through three 0/1 masks (paired training epochs
-                       about 0.9x the time of F.max_pool2d's on MNIST, neutral on CIFAR-10).
+                       strided corners of each window does not. With autograd on the CPU, `MaxPool2` sends
+                       each window's gradient to its first maximum through three 0/1 masks.
   up2_deconv(deconv, x) replaces deconv(up2(x)), nearest-neighbour upsampling followed by a 5x5 stride-1
                        transposed convolution (padding 2 or 3). Equal up to float rounding (test:
                        test_ae_fused_upsample_equals_plain_layers). Why faster: on an upsampled image each
                        output pixel reads only 3x3 distinct input pixels, so the 5x5 kernel collapses, per
                        output phase, to a 3x3 kernel on the small image: 9/25 of the multiply-adds and no
-                       upsampled copy in memory (MNIST AE training 1.4x faster, scoring 4x).
+                       upsampled copy in memory.
 
 The switch: `with fast_ops.plain_ops():` (or POOL = UPSAMPLE = False) gives back the plain PyTorch ops
-everywhere, e.g. to compare or to debug; `python bench.py` times both sides in one run. Figures: the
-speed section of results/README.md.
+everywhere, e.g. to compare or to debug; `python bench.py` times both sides in one run. results/README.md,
+section 6 (Speed, "Kept"), measures what each op gains, on MNIST and CIFAR-10.
 """
 import contextlib
 

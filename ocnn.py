@@ -30,13 +30,13 @@ Two regimes
   * joint: the encoder trains too, at its own (small) learning rate and weight decay; the paper does not
     freeze it. The regulariser 1/2 ||w||^2 + 1/2 ||V||^2 covers the head only.
 
-A property worth seeing (measured, see the README): with the linear g and raw codes the objective is
-unbounded below. Scaling w and V by t scales y_hat, r and the hinge term by t^2, and the regulariser by t^2
-as well, so the loss is t^2 (1/2||w||^2 + 1/2||V||^2 - [r - 1/nu mean max(0, r - y_hat)]); the bracket is
-the mean of the lowest nu-fraction of y_hat. Once some direction u = V^T w keeps that low tail above ||u||,
-which happens whenever the codes z lie far from the origin, gradient descent grows w and V for ever: r
-climbs epoch after epoch while the direction of u, the only thing the ranking r - y_hat depends on, settles.
-In joint mode the encoder can also grow the codes themselves, which lowers the loss without learning
+A property worth seeing (results/README.md, section 2.3, measures it): with the linear g and raw codes the
+objective is unbounded below. Scaling w and V by t scales y_hat, r and the hinge term by t^2, and the
+regulariser by t^2 as well, so the loss is t^2 (1/2||w||^2 + 1/2||V||^2 - [r - 1/nu mean max(0, r - y_hat)]);
+the bracket is the mean of the lowest nu-fraction of y_hat. Once some direction u = V^T w keeps that low tail
+above ||u||, which happens whenever the codes z lie far from the origin, gradient descent grows w and V for
+ever: r climbs epoch after epoch while the direction of u, the only thing the ranking r - y_hat depends on,
+settles. In joint mode the encoder can also grow the codes themselves, which lowers the loss without learning
 anything about the normal class. A bounded g (sigmoid, tanh) caps y_hat by ||w||_1.
 
 Two options against it. Both are on by default (train_ocnn's defaults are run.py's), with nu 0.1 and
@@ -53,7 +53,7 @@ encoder lr 1e-4, the settings measured best (results/README.md, section 2.1); bo
     Where the bound is reached: at u = 0 (y_hat = r = 0). Write u = t a with ||a|| = 1 and the head at its
     cheapest (reg = ||u|| = t); then loss = t (1 - [r' - 1/nu mean max(0, r' - cos(z, a))]), r' the
     nu-quantile of the cosines, and the bracket is below 1 unless every code points exactly along a. So
-    gradient descent shrinks the head (the norm of u ends near 0: results/README.md) and what is learnt is
+    gradient descent shrinks the head (results/README.md, section 2.1, measures it) and what is learnt is
     the direction a: on the unit sphere {z_bar : <u, z_bar> >= r} is a spherical cap around a, and the
     score r - t cos(z, a) ranks images by their angle to a. In joint mode the encoder lowers the bracket by
     turning the normal codes towards a: a Deep SVDD on the sphere with a learnt centre direction. (Adam's
@@ -67,7 +67,7 @@ encoder lr 1e-4, the settings measured best (results/README.md, section 2.1); bo
     gradient scale, so it changes only steps whose gradient is large next to the recent ones.
   Why nu matters for the gradient: the hinge term's gradient comes only from the training images below r,
   the lowest nu-fraction of the outputs. At nu 0.01 those are the ~1% oddest images of the class, and the
-  learnt direction follows them; nu 0.1 averages over more (MNIST digit 2, joint: 62.3 -> 77.2).
+  learnt direction follows them; nu 0.1 averages over more (results/README.md, section 2.1, measures it).
 
 Deviations and pitfalls avoided
   * The authors' public code scores a hypersphere distance, not this objective, and an earlier version
@@ -170,6 +170,7 @@ def train_ocnn(encoder, x, *, joint=False, nu=0.1, epochs=250, lr=1e-4, lr_drop_
     history, saved = checkpoint.restore(**state)
     if saved is not None:
         r = saved["r"]
+    norm_0 = training.weight_norm(head, encoder)                      # the divergence check's yardstick
     for epoch in range(len(history) + 1, epochs + 1):
         start, total = time.perf_counter(), 0.0
         head.train()
@@ -187,7 +188,8 @@ def train_ocnn(encoder, x, *, joint=False, nu=0.1, epochs=250, lr=1e-4, lr_drop_
             total += loss.item() * len(idx)
         y_hat = head_outputs(encoder, head, x, z_all)                  # (n,) eval mode
         r = update_r(y_hat, nu)                                        # (b) r-step: nu-quantile
-        record = {"epoch": epoch, "loss": training.check_finite(total / len(x), stage, epoch), "r": r,
+        loss = training.check_diverged(total / len(x), stage, epoch, [head, encoder], norm_0)  # before saving
+        record = {"epoch": epoch, "loss": loss, "r": r,
                   "frac_below": (y_hat < r).float().mean().item(), "lr": optimizer.param_groups[0]["lr"],
                   "seconds": time.perf_counter() - start}
         scheduler.step()

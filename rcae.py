@@ -82,12 +82,13 @@ def train_rcae(ae, x, *, epochs_per_iter, weight_decay, milestones, lam=0.1, out
     history, saved = checkpoint.restore(**state)
     if saved is not None:
         N = saved["N"].to(x.device)
+    norm_0 = training.weight_norm(ae)                                 # the divergence check's yardstick
     for epoch in range(len(history) + 1, epochs + 1):
         start = time.perf_counter()
         # (a) theta-step: the autoencoder learns to reconstruct X - N, the part that is not outlier.
         loss = ae_lib.train_epoch(ae, x, lambda x_hat, idx: rcae_loss(x_hat, x[idx], N[idx]), optimizer,
                                   generator, batch_size)
-        record = {"epoch": epoch, "loss": training.check_finite(loss, stage, epoch),
+        record = {"epoch": epoch, "loss": training.check_diverged(loss, stage, epoch, [ae], norm_0),
                   "lr": optimizer.param_groups[0]["lr"]}
         scheduler.step()
         if epoch % epochs_per_iter == 0:

@@ -7,18 +7,18 @@ the run's threshold, the (1 - nu)- or (1 - flag_rate)-quantile of its training s
 through the run's preprocessing with its two training constants (data.preprocess), so a test image scored
 here gets the score of its row in the run's scores.csv. Images of another size or channel count than the
 run's are refused in one sentence; PNG and JPEG are read as the folder data set reads them (data.py).
+Everything comes from the run folder's model.pt (the settings it was trained with included): the training
+data need not be there, and nothing in the run folder is changed.
 """
-import argparse
 import csv
 import dataclasses
 import os
 
-
-import torch
-
 import data
+import folders
 import run
-import training
+import settings
+from settings import UserError
 
 
 def image_paths(items):
@@ -31,28 +31,30 @@ def image_paths(items):
         elif os.path.isfile(item):
             paths.append(item)
         else:
-            raise run.UserError(f"{item} is neither an image file nor a folder.")
+            raise UserError(f"{item} is neither an image file nor a folder.")
     return paths
 
 
 def load_run(run_dir, device):
-    """(Config, score function, threshold, preprocessing constants, expected (channels, (h, w))) of a run."""
-    config = training.read_json(os.path.join(run_dir, "config.json"), "run config", "nothing is scored")
-    saved = training.load_torch(os.path.join(run_dir, "model.pt"), "run model", "nothing is scored")
-    if not isinstance(config, dict) or saved is None or not os.path.exists(os.path.join(run_dir, "metrics.json")):
-        raise run.UserError(f"{run_dir} is not a finished run folder (it needs config.json, model.pt and "
-                            f"metrics.json); give the folder a run.py run wrote.")
-    fields = {f.name for f in dataclasses.fields(run.Config)}
-    cfg = run.Config(**{k: v for k, v in config.items() if k in fields})
-    cfg.data_root = config["data_path"]                               # network(cfg) of a folder run reads it
-    channels = 1 if config["network"] == "mnist" else 3
-    size = (config.get("folder") or {}).get("resized_from") or data.FOLDER_SIZE[channels]
-    score, _ = run.scorer(cfg, saved, device)
-    return cfg, score, saved["threshold"], saved["scale"], (channels, tuple(size))
+    """(Config, score function, threshold, preprocessing constants, expected (channels, [h, w])) of a finished
+    run, from its model.pt alone (read, never moved aside)."""
+    saved = folders.load_torch(os.path.join(run_dir, "model.pt"), "run model", "nothing is scored", set_aside=False)
+    if saved is None or not os.path.exists(os.path.join(run_dir, "metrics.json")):
+        raise UserError(f"{run_dir} is not a finished run folder (it needs a readable model.pt and metrics.json); "
+                        f"give a folder that run.py or sweep.py finished.")
+    try:
+        fields = {f.name for f in dataclasses.fields(settings.Config)}
+        cfg = settings.Config(**{k: v for k, v in saved["config"].items() if k in fields})
+        score, _ = run.scorer(cfg, saved, saved["network"], device)
+        channels = 1 if saved["network"] == "mnist" else 3
+        return cfg, score, float(saved["threshold"]), saved["scale"], (channels, list(saved["image_size"]))
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:     # RuntimeError: a state of another shape
+        raise UserError(f"{run_dir}/model.pt does not hold a run this version of the code can score "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); train it again with run.py.") from None
 
 
 def main(argv=None):
-    parser = run.Parser(prog="score.py", description="Score new images with a trained run folder.")
+    parser = settings.Parser(prog="score.py", description="Score new images with a trained run folder.")
     parser.add_argument("run_dir", help="a finished run folder (run.py or sweep.py wrote it)")
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG) or folders of them")
     parser.add_argument("--out", default="scored.csv", help="the CSV to write (default: scored.csv)")
@@ -60,30 +62,31 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     def body():
-        device = torch.device(args.device)
+        if os.path.isdir(args.out):
+            raise UserError(f"--out {args.out} is a folder; give the name of the CSV file to write.")
+        device = settings.pick_device(args.device)
         cfg, score, threshold, scale, (channels, size) = load_run(args.run_dir, device)
         paths = image_paths(args.images)
         try:
             images, got_channels, got_size = data.read_images(paths)
-        except data.DataError as e:
-            raise run.UserError(str(e)) from None
+        except data.DataError as e:                                   # the user's images
+            raise UserError(str(e)) from None
         kinds = {1: "greyscale", 3: "colour"}
-        if (got_channels, tuple(got_size)) != (channels, size):
-            raise run.UserError(f"{paths[0]} is a {got_size[0]}x{got_size[1]} {kinds[got_channels]} image, but the "
-                                f"run was trained on {size[0]}x{size[1]} {kinds[channels]} images; give images "
-                                f"of that kind.")
-        scores = score(data.preprocess(images, cfg.scaling, scale).to(device)).cpu().numpy()
+        if (got_channels, list(got_size)) != (channels, size):
+            raise UserError(f"{paths[0]} is a {got_size[0]}x{got_size[1]} {kinds[got_channels]} image, but the run "
+                            f"was trained on {size[0]}x{size[1]} {kinds[channels]} images; give images of that kind.")
+        scores = run.checked(score(data.preprocess(images, cfg.scaling, scale).to(device)), cfg)
 
         def write(tmp):
             with open(tmp, "w", newline="") as f:
                 w = csv.writer(f)
                 w.writerow(["path", "score", "flagged"])
                 w.writerows((p, f"{s:.9g}", int(s > threshold)) for p, s in zip(paths, scores))
-        training.write_whole(args.out, write)
+        folders.write_whole(args.out, write)
         print(f"{len(paths)} images scored, {int((scores > threshold).sum())} flagged (threshold {threshold:.6g}) "
               f"-> {args.out}")
         return scores
-    return run.cli(body)
+    return settings.cli(body)
 
 
 if __name__ == "__main__":

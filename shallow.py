@@ -1,7 +1,14 @@
 """The shallow one-class baselines of Deep SVDD's Table 1: PCA, Gaussian KDE, OC-SVM and Isolation Forest.
 
-Ruff et al., "Deep One-Class Classification", ICML 2018, Sec. 4.1 and Table 1 (PAPERS.md, section 10, says how
-the paper's code ran them). Every score here is higher = more anomalous, as everywhere in this codebase.
+Ruff et al., "Deep One-Class Classification", ICML 2018, Sec. 4.1 and Table 1. Every score here is higher =
+more anomalous, as everywhere in this codebase.
+
+How the paper's code (lukasruff/Deep-SVDD: src/kde.py, src/svm.py, src/isoForest.py, src/scripts/) ran them,
+all with scikit-learn: pixels / 255, GCN only where a script passes `--gcn 1`, min-max with the training
+set's min and max, PCA keeping 95 % of the variance only where it passes `--pca 1`; the training set cut to
+a multiple of 200 by a random subset. KDE: a Gaussian KernelDensity, bandwidth by 5-fold GridSearchCV over
+2^linspace(-4.5, 5, 20), score -log density. OC-SVM: rbf, gamma over 2^-10..2^-1 picked by the AUROC on a
+random 10 % of the test set, the other 90 % scored. Isolation Forest: 100 trees, max_samples 256.
 
 Equations (labels are this file's; the papers are named beside each)
 
@@ -53,15 +60,14 @@ the margin move. So each outer step takes the `working_set`/2 points that most w
 them, solves that small problem by SMO, and updates G. Stop when the KKT gap
 max_{a_i > 0} G_i - min_{a_i < C} G_i <= eps / (nu n): libsvm solves (O2) scaled by nu n (alpha = nu n a,
 0 <= alpha_i <= 1, sum alpha = nu n), so its gradient is nu n G and its default eps = 1e-3 becomes
-eps / (nu n) here; the a, rho and support vectors are libsvm's to that tolerance. Measured on MNIST digit 0
-(5,923 images, nu 0.1, one thread, results/sklearn_shallow.py): the same support vectors and rho (to 1e-6
-relative) as scikit-learn's OneClassSVM, fit 0.29 s (2^-7) and 0.58 s (2^-4) on the 116 PCA codes against
-its 0.36 s and 0.74 s, 0.6 s and 1.3 s on the 784 pixels against its 3.5 s and 9.3 s.
+eps / (nu n) here; the a, rho and support vectors are libsvm's to that tolerance. results/README.md,
+section 6 ("The shallow detectors against scikit-learn"), measures it against scikit-learn's OneClassSVM
+on MNIST digit 0 (results/sklearn_shallow.py): the support vectors, rho, and the seconds to fit and score.
 
 Deviations and choices
   * KDE is exact: a log-sum-exp over every training point. The paper's code used scikit-learn's tree-based
-    KernelDensity, which on these inputs is hundreds of nats off (results/sklearn_shallow.py: AUROC 64-66
-    against 98.77 exact on 2,000 test images of digit 0), so Table 1's KDE column is not what this gives.
+    KernelDensity, which on these inputs is hundreds of nats off (results/README.md, section 6, measures it
+    with results/sklearn_shallow.py), so Table 1's KDE column is not what this gives.
   * Kernel rows are computed and cached in float32 (libsvm's cache holds floats too); G and a are float64.
   * Start: the first floor(nu n) points at C and one at the remainder, as libsvm; data order matters only
     within the tolerance.
@@ -111,7 +117,9 @@ def _row_chunks(n, m, entries=2 ** 20):
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
-# ----------------------------------------------------------------------------------------------- PCA
+# ---------------------------------------------------------------------------------------------------
+# PCA
+# ---------------------------------------------------------------------------------------------------
 
 def pca_fit(x_train, variance=0.95):
     """(P1) on the training set only: returns (mu (d,), V_k (d, k)), k the smallest reaching `variance`."""
@@ -132,7 +140,9 @@ def pca_apply(x, mu, V):
     return (_flat(x) - mu) @ V
 
 
-# ----------------------------------------------------------------------------------------------- KDE
+# ---------------------------------------------------------------------------------------------------
+# KDE
+# ---------------------------------------------------------------------------------------------------
 
 def kde_log_density(x, x_train, h):
     """(K1) log p_h(x) for each row of x: (n,) for one h, (len(h), n) for a grid (distances shared).
@@ -142,8 +152,9 @@ def kde_log_density(x, x_train, h):
     hs = torch.as_tensor(h, dtype=torch.float64).reshape(-1)            # (m,) bandwidths
     if hs.numel() == 0:
         raise ShallowError("the KDE bandwidth grid is empty; pass at least one bandwidth h > 0.")
-    if not bool((hs > 0).all()):
-        raise ShallowError(f"KDE bandwidths must be > 0, got {hs.tolist()}; use e.g. shallow.KDE_BANDWIDTHS.")
+    if not bool(((hs > 0) & hs.isfinite()).all()):
+        raise ShallowError(f"KDE bandwidths must be finite and > 0, got {hs.tolist()}; use e.g. "
+                           f"shallow.KDE_BANDWIDTHS.")
     x, xt = _flat(x), _flat(x_train)                                    # (N, d), (n, d)
     n, d = xt.shape
     out = torch.empty(len(hs), len(x), dtype=torch.float64)             # (m, N)
@@ -152,13 +163,35 @@ def kde_log_density(x, x_train, h):
         for j, hj in enumerate(hs):
             out[j, rows] = torch.logsumexp(-d2 / (2 * hj ** 2), dim=1)  # log sum_i exp(-||x - x_i||^2 / 2h^2)
     out -= math.log(n)                                                  # the 1/n of the average
-    out -= (d / 2) * torch.log(2 * math.pi * hs ** 2)[:, None]          # the Gaussian's normaliser
+    out -= (d / 2) * torch.log(2 * math.pi * hs ** 2)[:, None]          # the Gaussian's normalizer
     return out[0] if torch.as_tensor(h).dim() == 0 else out
 
 
 def kde_scores(x, x_train, h):
     """(K1) score s(x) = -log p_h(x), (N,); higher = more anomalous."""
     return -kde_log_density(x, x_train, float(h))
+
+
+def kde_loo_log_density(x_train, h):
+    """Leave one out: log p_h(x_i) without x_i's own kernel, for each training point, (n,):
+
+        log p_h^(-i)(x_i) = log( 1/(n-1) sum_{j != i} N(x_i; x_j, h^2 I) )
+
+    The in-sample (K1) counts exp(0) = 1 for x_i itself, which in many dimensions outweighs all the other
+    kernels, so a threshold from in-sample scores flags nearly every unseen point. Left out, each training
+    point is scored as an unseen one would be. Log-sum-exp in float64, in chunks, as kde_log_density.
+    """
+    xt = _flat(x_train)                                                 # (n, d)
+    n, d = xt.shape
+    if n < 2:
+        raise ShallowError(f"leave-one-out KDE scores need at least 2 training points, got {n}.")
+    out = torch.empty(n, dtype=torch.float64)                           # (n,)
+    for rows in _row_chunks(n, n):
+        d2 = sq_dists(xt[rows], xt)                                     # (chunk, n) ||x_i - x_j||^2
+        own = torch.arange(rows.start, rows.stop)                       # (chunk,) the i of each row
+        d2[own - rows.start, own] = math.inf                            # j = i left out: exp(-inf) = 0
+        out[rows] = torch.logsumexp(-d2 / (2 * h ** 2), dim=1)          # log sum_{j != i} exp(-||.||^2 / 2h^2)
+    return out - math.log(n - 1) - (d / 2) * math.log(2 * math.pi * h ** 2)   # 1/(n-1), the normalizer
 
 
 def contiguous_folds(n, k):
@@ -186,7 +219,9 @@ def kde_cv_bandwidth(x_train, bandwidths=KDE_BANDWIDTHS, folds=5):
     return float(hs[best]), {float(h): float(t) for h, t in zip(hs, total)}
 
 
-# ----------------------------------------------------------------------------------------------- OC-SVM
+# ---------------------------------------------------------------------------------------------------
+# OC-SVM
+# ---------------------------------------------------------------------------------------------------
 
 def rbf_kernel(x, y, gamma):
     """k(x_i, y_j) = exp(-gamma ||x_i - y_j||^2): (n, d), (m, d) -> (n, m), in x's dtype."""
@@ -201,15 +236,10 @@ def gamma_from_data(x_train, rule="scale", sample=2000, seed=0):
     'median': gamma = 1 / median_{i != j} ||x_i - x_j||^2, over a seeded subsample of `sample` points.
     'max':    gamma = 1 / max_{i, j} ||x_i - x_j||^2, exact (the paper code's rule without a grid search).
     Why 'scale' is the default: it was the best of the three on each digit measured, and it needs no
-    subsample. OC-SVM test AUROC (%), nu 0.1, MNIST pixels / 255, PCA 95 %,
-    `python results/shallow_mnist.py 0 1 2 --gammas`:
-        digit   scale          median         max            2^-7    best of the paper's grid (test labels)
-        0       97.27 (0.021)  96.18 (0.011)  95.09 (0.0040)  95.71   99.41 (2^-3)
-        1       99.49 (0.047)  98.44 (0.024)  95.65 (0.0060)  96.04   99.95 (2^-1)
-        2       81.28 (0.021)  78.17 (0.010)  76.16 (0.0044)  77.18   91.49 (2^-1)
-    (gamma in brackets). The AUROC rises with gamma up to the grid's end on all three: a narrow kernel
-    makes nearly every point a support vector and the score a Parzen density; no label-free rule here
-    finds that, so the test-label search of the paper's code is worth up to 10 points on digit 2.
+    subsample (results/README.md, section 7, "Which label-free gamma", measures the three rules against the
+    paper's grid). A narrow kernel makes nearly every point a support vector and the score a Parzen
+    density; no label-free rule here finds that, which is what the test-label search of the paper's code
+    gains.
     """
     x = _flat(x_train)
     n, d = x.shape
@@ -302,8 +332,9 @@ def ocsvm_fit(x_train, nu=0.1, gamma=None, eps=1e-3, working_set=1024, max_iter=
     x = _flat(x_train)
     n = len(x)
     gamma = gamma_from_data(x) if gamma is None else gamma
-    if not gamma > 0:
-        raise ShallowError(f"OC-SVM gamma must be > 0, got {gamma}; try shallow.gamma_from_data(x_train).")
+    if not 0 < gamma < torch.finfo(dtype).max:                          # the kernel is computed in dtype
+        raise ShallowError(f"OC-SVM gamma must be > 0 and below {torch.finfo(dtype).max:.3g} (the kernel's "
+                           f"{dtype}), got {gamma}; try shallow.gamma_from_data(x_train).")
     C = 1.0 / (nu * n)                                                  # box of (O2)
     tol = eps / (nu * n)                                                # libsvm's eps on our scale
     a = np.zeros(n)                                                     # (n,) feasible start, sum a = 1
@@ -341,15 +372,12 @@ def ocsvm_fit(x_train, nu=0.1, gamma=None, eps=1e-3, working_set=1024, max_iter=
         bounds = [G[a >= C].max()] if (a >= C).any() else []
         bounds += [G[a <= 0].min()] if (a <= 0).any() else []
         rho = float(np.mean(bounds))
+    if not (math.isfinite(rho) and np.isfinite(G).all()):
+        raise ShallowError(f"the OC-SVM's solution is not finite (gamma {gamma:g}); try a smaller gamma, or "
+                           f"shallow.gamma_from_data(x_train).")
     sv = torch.from_numpy(np.flatnonzero(a > 0))
     return dict(a=a, Ka=G, rho=rho, x_sv=x[sv], a_sv=torch.from_numpy(a[sv.numpy()]), gamma=float(gamma),
                 nu=nu, C=C, tol=tol, gap=float(gap), steps=steps, dtype=dtype)
-
-
-def ocsvm_dual_objective(a, K):
-    """(O2)'s objective 1/2 a^T K a."""
-    a = torch.as_tensor(a, dtype=torch.float64)
-    return float(0.5 * a @ torch.as_tensor(K, dtype=torch.float64) @ a)
 
 
 def ocsvm_scores(x, model):
@@ -401,7 +429,9 @@ def ocsvm_gamma_by_test_auroc(x_train, x_test, y_test, nu=0.1, gammas=OCSVM_GAMM
                 eval_index=rest, scores=scores)
 
 
-# ----------------------------------------------------------------------------------------------- Isolation Forest
+# ---------------------------------------------------------------------------------------------------
+# Isolation Forest
+# ---------------------------------------------------------------------------------------------------
 
 def c_factor(n):
     """(I1) c(n) = 2 H(n-1) - 2 (n-1)/n with H(i) = ln(i) + 0.5772156649; c(2) = 1; c(n) = 0 for n <= 1."""
@@ -521,7 +551,9 @@ def iforest_scores(x, forest):
     return torch.from_numpy(2.0 ** (-iforest_path_length(x, forest) / c_factor(forest["psi"])))
 
 
-# ----------------------------------------------------------------------------------------------- one call each (run.py)
+# ---------------------------------------------------------------------------------------------------
+# One call each (run.py)
+# ---------------------------------------------------------------------------------------------------
 
 def fit(detector, x_train, *, pca=0.0, nu=0.1, bandwidth=None, gamma="scale", trees=100, psi=256, seed=0,
         x_test=None, y_test=None):
@@ -534,6 +566,9 @@ def fit(detector, x_train, *, pca=0.0, nu=0.1, bandwidth=None, gamma="scale", tr
     """
     start = time.perf_counter()
     x, model, info = _flat(x_train), {}, {}
+    if not bool(x.isfinite().all()):
+        raise ShallowError("the training input of the shallow detector holds NaN or infinite values; check the "
+                           "data or the representation it comes from.")
     if pca:
         mu, V = pca_fit(x, pca)                                         # (P1) on the training set only
         model["pca"] = {"mu": mu, "V": V}
@@ -568,11 +603,41 @@ def _project(model, x):
 
 
 def score(detector, model, x):
-    """The scores (higher = more anomalous), (N,) float64, of x under a model that `fit` returned."""
+    """The scores (higher = more anomalous), (N,) float64, of x under a model that `fit` returned.
+
+    ShallowError where a score is NaN or infinite (a bandwidth or gamma that over- or underflows)."""
     x = _project(model, x)
     if detector == "kde":
-        return kde_scores(x, model["x_train"], model["h"])
+        return _finite(detector, kde_scores(x, model["x_train"], model["h"]))
     if detector == "ocsvm":
-        return ocsvm_scores(x, dict(model, dtype=torch.float32))
+        return _finite(detector, ocsvm_scores(x, dict(model, dtype=torch.float32)))
     forest = {k: v.numpy() if torch.is_tensor(v) else v for k, v in model.items() if k != "pca"}
-    return iforest_scores(x, forest)
+    return _finite(detector, iforest_scores(x, forest))
+
+
+def train_scores(detector, model, x_train):
+    """The training set's scores for the decision threshold (their (1 - level)-quantile), (n,) float64.
+
+    Out of sample where `score` is optimistic: the KDE's are leave-one-out (kde_loo_log_density), since its
+    in-sample density counts each point's own kernel; the OC-SVM's and the Isolation Forest's are their plain
+    scores. x_train: the very set that `fit` was given (the KDE scores the copy it holds).
+    """
+    if detector != "kde":
+        return score(detector, model, x_train)
+    if len(x_train) != len(model["x_train"]):
+        raise ShallowError(f"train_scores needs the KDE's own training set ({len(model['x_train'])} points), "
+                           f"got {len(x_train)}; score other points with shallow.score.")
+    return _finite(detector, -kde_loo_log_density(model["x_train"], model["h"]))
+
+
+_ADVICE = {"kde": "choose another bandwidth, or let cross-validation choose it",
+           "ocsvm": "choose a smaller gamma, or 'scale'",
+           "iforest": "check the input for NaN or infinite values"}
+
+
+def _finite(detector, s):
+    """s, or ShallowError where a score is NaN or infinite (it would reach the metrics and the plots)."""
+    if not bool(s.isfinite().all()):
+        raise ShallowError(f"{int((~s.isfinite()).sum())} of the {len(s)} {detector} scores are not finite; "
+                           f"{_ADVICE[detector]}.")
+    return s

@@ -90,19 +90,19 @@ def radius_from_quantile(dist, nu):
     return torch.kthvalue(dist.flatten().cpu(), n - k + 1).values.item()
 
 
-def train_svdd(phi, x, *, weight_decay, objective="one-class", nu=0.1, epochs=150, lr=1e-4, milestones=(50,),
+def train_svdd(phi, x, *, weight_decay, objective="svdd", nu=0.1, epochs=150, lr=1e-4, milestones=(50,),
                batch_size=200, warmup=10, seed=0, verbose=True, checkpoint=None):
     """Train phi (already holding the pretrained encoder's weights) on eq. (4) or eq. (3).
 
-    objective: 'one-class' (eq. 4) or 'soft-boundary' (eq. 3). Returns (c, R, history); R = 0 for
+    objective: 'svdd', one-class Deep SVDD (eq. 4), or 'soft-svdd', soft-boundary Deep SVDD (eq. 3). Returns (c, R, history); R = 0 for
     one-class. History per epoch: loss, lr, seconds; soft-boundary adds R and frac_out (fraction of
     training points with distance > R after the epoch's R update; Prop. 4 bounds it by nu).
     checkpoint: a training.Checkpoint to save the state at epoch ends and resume from, or None. The defaults
     are run.py's; weight_decay has none (run.py's depends on the data set and --settings).
     """
-    if objective not in ("one-class", "soft-boundary"):
-        raise ValueError(f"unknown Deep SVDD objective {objective!r}: 'one-class' or 'soft-boundary'")
-    stage = f"svdd {objective}"
+    if objective not in ("svdd", "soft-svdd"):
+        raise ValueError(f"unknown Deep SVDD objective {objective!r}: 'svdd' or 'soft-svdd'")
+    stage = objective
     phi.to(x.device)
     c = init_center(phi, x)                                             # fixed from here on (Prop. 1)
     R = 0.0
@@ -113,13 +113,14 @@ def train_svdd(phi, x, *, weight_decay, objective="one-class", nu=0.1, epochs=15
     history, saved = checkpoint.restore(**state)
     if saved is not None:
         c, R = saved["c"].to(x.device), saved["R"]
+    norm_0 = training.weight_norm(phi)                                  # the divergence check's yardstick
     for epoch in range(len(history) + 1, epochs + 1):
         start, total = time.perf_counter(), 0.0
         phi.train()
         for idx in training.batches(len(x), batch_size, generator):
             idx = idx.to(x.device)
             dist2 = sq_dist(phi(x[idx]), c)                             # (B,) ||phi(x_i) - c||^2
-            if objective == "one-class":
+            if objective == "svdd":
                 loss = one_class_loss(dist2)
             else:
                 loss = soft_boundary_loss(dist2, R, nu)
@@ -127,10 +128,10 @@ def train_svdd(phi, x, *, weight_decay, objective="one-class", nu=0.1, epochs=15
             loss.backward()                                             # weight decay: in the optimiser
             optimizer.step()
             total += loss.item() * len(idx)
-        record = {"epoch": epoch, "loss": training.check_finite(total / len(x), stage, epoch),
+        record = {"epoch": epoch, "loss": training.check_diverged(total / len(x), stage, epoch, [phi], norm_0),
                   "lr": optimizer.param_groups[0]["lr"]}
         scheduler.step()
-        if objective == "soft-boundary":
+        if objective == "soft-svdd":
             dist = sq_dist(ae_lib.encode(phi, x), c).sqrt()             # (n,) distances, eval mode
             if epoch >= warmup:                                         # R stays 0 during warm-up
                 R = radius_from_quantile(dist, nu)

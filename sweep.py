@@ -8,7 +8,7 @@ flag is run.py's and goes to its Config as it is. The runs go to fixed folders,
 
     <out>/sweep-<dataset>-<method>-<key>/class<k>-seed<s>-<method>/     (each one a run.py run folder)
 
-where <key> hashes the settings the method uses and the data (run.used_settings, run.data_identity), so
+where <key> hashes the settings the method uses and the data (settings.used_settings, folders.data_identity), so
 the same command with more classes or seeds fills the same folder. Started again, a sweep skips the runs
 that finished and resumes the interrupted ones; two sweeps on one folder share its runs (each skips the
 ones the other holds or has finished). When every run is done it writes summary.csv and
@@ -24,7 +24,6 @@ import dataclasses
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
 
@@ -32,31 +31,32 @@ import numpy as np
 import torch
 
 import data
+import folders
 import run
+import settings
 import training
-
-
-def classes_arg(text):
-    """--normal-class: 'all', or one class or a list such as 0,2,5 (a folder's: names too), as given."""
-    return text if text == "all" else text.split(",")
+from settings import UserError
 
 
 def classes_of(dataset, root, given):
-    """The class indices: 'all' -> every class of the data set, else each one given (run.class_of)."""
+    """The class indices of --normal-class: a folder's class by its exact name (even 'all' or 'a,b'); 'all' ->
+    every class of the data set; else a list such as 0,2,5, each one as settings.class_of reads it."""
     try:
+        if dataset == "folder" and given in data.folder_classes(root):
+            return [data.class_index(root, given)]
         if given == "all":
             return list(range(len(data.folder_classes(root)) if dataset == "folder" else 10))
-        return [run.class_of(dataset, root, text) for text in given]
+        return [settings.class_of(dataset, root, text) for text in given.split(",")]
     except data.DataError as e:
-        raise run.UserError(str(e)) from None
+        raise UserError(str(e)) from None
 
 
 def make_parser():
     """run.py's flags, with one class and one seed replaced by lists, and --jobs."""
-    parser = run.make_parser(prog="sweep.py", skip=("normal_class", "seed"))
+    parser = settings.make_parser(prog="sweep.py", skip=("normal_class", "seed"))
     parser.description = "Many experiments of run.py: classes x seeds, resumable, with a summary."
     group = parser.add_argument_group("sweep")
-    group.add_argument("--normal-class", type=classes_arg, default=["0"],
+    group.add_argument("--normal-class", default="0",
                        help="the normal classes: one, a list such as 0,2,5, or all (default: 0)")
     group.add_argument("--seeds", type=int, nargs="+", default=[0], help="one or more seeds (default: 0)")
     group.add_argument("--seed", type=int, help=argparse.SUPPRESS)   # run.py's; refused here with a reason
@@ -66,35 +66,36 @@ def make_parser():
 
 
 def parse(argv=None):
-    """sweep.py's flags -> (a checked run.Config of the first run, classes, seeds, jobs); UserError if bad."""
+    """sweep.py's flags -> (a checked Config of the first run, classes, seeds, jobs); UserError if bad."""
     args = vars(make_parser().parse_args(argv))
     given_classes, seeds, jobs = args.pop("normal_class"), args.pop("seeds"), args.pop("jobs")
-    default = run.Config()                                            # run.py's defaults, where a flag is absent
+    default = settings.Config()                                       # run.py's defaults, where a flag is absent
     classes = classes_of(args["dataset"] or default.dataset, args["data_root"] or default.data_root, given_classes)
     if args.pop("seed") is not None:
-        raise run.UserError("sweep.py takes its seeds as --seeds (one or more); --seed is run.py's.")
+        raise UserError("sweep.py takes its seeds as --seeds (one or more); --seed is run.py's.")
     for flag, values in (("--normal-class", classes), ("--seeds", seeds)):
         twice = sorted({v for v in values if values.count(v) > 1})
         if twice:
-            raise run.UserError(f"{flag} names {', '.join(map(str, twice))} more than once; name each once.")
+            raise UserError(f"{flag} names {', '.join(map(str, twice))} more than once; name each once.")
     bad = [s for s in seeds if not 0 <= s < 2 ** 32]
     if bad or jobs < 1:
-        raise run.UserError(f"--seeds must be integers in [0, 2^32), got {bad[0]}." if bad else
+        raise UserError(f"--seeds must be integers in [0, 2^32), got {bad[0]}." if bad else
                             f"--jobs must be an integer >= 1, got {jobs}.")
     given = {k: v for k, v in args.items() if v is not None}
-    return run.make_config({**given, "normal_class": classes[0], "seed": seeds[0]}), classes, seeds, jobs
+    return settings.make_config({**given, "normal_class": classes[0], "seed": seeds[0]}), classes, seeds, jobs
 
 
 def sweep_folder(cfg, data_id):
     """<out>/sweep-<dataset>-<method>-<key>: the key covers the settings the method uses but the class and the
     seed, and the data, so the same command with more classes or seeds fills the same folder."""
-    settings = {k: v for k, v in run.used_settings(cfg).items() if k not in ("normal_class", "seed")}
-    return os.path.join(cfg.out, f"sweep-{cfg.dataset}-{run.method_name(cfg)}-{run.key_of(settings, data_id)}")
+    used = {k: v for k, v in settings.used_settings(cfg).items() if k not in ("normal_class", "seed")}
+    return os.path.join(cfg.out, f"sweep-{cfg.dataset}-{settings.method_name(cfg)}-{folders.key_of(used, data_id)}")
 
 
 def run_folder(cfg, data_id, k, s):
-    """The folder of class k, seed s inside the sweep folder."""
-    return os.path.join(sweep_folder(cfg, data_id), f"class{k}-seed{s}-{run.method_name(cfg)}")
+    """The folder of class k, seed s inside the sweep folder (a folder's class: class<k>-<name>)."""
+    tag = settings.class_tag(k, settings.class_name(dataclasses.replace(cfg, normal_class=k)))
+    return os.path.join(sweep_folder(cfg, data_id), f"class{tag}-seed{s}-{settings.method_name(cfg)}")
 
 
 def sweep(cfg, classes, seeds, jobs, device, data_id):
@@ -104,7 +105,7 @@ def sweep(cfg, classes, seeds, jobs, device, data_id):
     tasks, rows = {}, {}
     for k, s in pairs:
         folder = run_folder(cfg, data_id, k, s)
-        done = run.finished_metrics(folder)
+        done = folders.finished_metrics(folder)
         if done is not None:
             print(f"skipping {folder}: finished before")
             rows[k, s] = done
@@ -112,7 +113,7 @@ def sweep(cfg, classes, seeds, jobs, device, data_id):
             tasks[k, s] = (dataclasses.replace(cfg, normal_class=k, seed=s), folder, str(device), data_id)
     if jobs == 1:
         for (k, s), task in tasks.items():
-            run.banner(f"sweep run: class {k}, seed {s}")
+            training.banner(f"sweep run: class {k}, seed {s}")
             rows[k, s] = run_here(*task)
     elif tasks:
         jobs = min(jobs, len(tasks))
@@ -138,7 +139,7 @@ def run_here(cfg, folder, device, data_id):
     """run.run_experiment in this process; None if another process trains in that folder."""
     try:
         return run.run_experiment(cfg, folder, torch.device(device), data_id)
-    except training.Busy:
+    except folders.Busy:
         print(f"skipping {folder}: another process is training in it")
         return None
 
@@ -167,9 +168,10 @@ def exit_with(parent):
 
 def stage_epochs(cfg):
     """e.g. 'ae 150 / svdd 150', 'ae 10', 'none (pixels)': the epochs of both stages, as the tables report them."""
-    first = f"{cfg.pretrain} {cfg.ae_epochs}" if run.pretrains(cfg) else "none (pixels)"
+    epochs = cfg.geom_epochs if cfg.pretrain == "geom" else cfg.ae_epochs
+    first = f"{cfg.pretrain} {epochs}" if settings.has_stage1(cfg) else "none (pixels)"
     second = {"svdd": f" / svdd {cfg.svdd_epochs}", "soft-svdd": f" / svdd {cfg.svdd_epochs}",
-              "ocnn": f" / ocnn {cfg.ocnn_epochs}"}.get(cfg.objective, "")
+              "ocnn": f" / ocnn {cfg.ocnn_epochs}", "ocnn-joint": f" / ocnn {cfg.ocnn_epochs}"}.get(cfg.objective, "")
     return first + second
 
 
@@ -186,14 +188,16 @@ def write_summary(folder, rows, cfg):
     table = []
     for k, ms in sorted(by_class.items()):
         a = 100 * np.array([m["auroc"] for m in ms])
-        table.append({"dataset": cfg.dataset, "normal_class": k, "method": run.method_name(cfg),
+        table.append({"dataset": cfg.dataset, "normal_class": k, "class_name": ms[0].get("normal_class_name"),
+                      "method": settings.method_name(cfg),
                       "auroc_mean": round(a.mean(), 2), "auroc_std": round(a.std(), 2), "n_seeds": len(ms),
                       "seeds": " ".join(str(m["seed"]) for m in ms), "epochs": stage_epochs(cfg),
                       "pollution_rate": cfg.pollution_rate, "device": ms[0]["device"],
                       "seconds_mean": round(np.mean([m["seconds"] for m in ms]), 1)})
-    lines = [f"{cfg.dataset}, {run.method_name(cfg)}, epochs {stage_epochs(cfg)}", "",
+    lines = [f"{cfg.dataset}, {settings.method_name(cfg)}, epochs {stage_epochs(cfg)}", "",
              "| normal class | AUROC % (mean +- std) | seeds |", "|---|---|---|"]
-    lines += [f"| {t['normal_class']} | {t['auroc_mean']:.2f} +- {t['auroc_std']:.2f} | {t['n_seeds']} |"
+    lines += [f"| {settings.class_tag(t['normal_class'], t['class_name'])} | {t['auroc_mean']:.2f} +- "
+              f"{t['auroc_std']:.2f} | {t['n_seeds']} |"
               for t in table]
     lines.append(f"| mean | {np.mean([t['auroc_mean'] for t in table]):.2f} | |")
     def write_csv(tmp):
@@ -205,8 +209,8 @@ def write_summary(folder, rows, cfg):
     def write_md(tmp):
         with open(tmp, "w") as f:
             f.write("\n".join(lines) + "\n")
-    training.write_whole(os.path.join(folder, "summary.csv"), write_csv)
-    training.write_whole(os.path.join(folder, "summary.md"), write_md)
+    folders.write_whole(os.path.join(folder, "summary.csv"), write_csv)
+    folders.write_whole(os.path.join(folder, "summary.md"), write_md)
     print("\n" + "\n".join(lines) + f"\nsummary written to {folder}")
 
 
@@ -214,10 +218,10 @@ def main(argv=None):
     """Parse the flags, then run every (class, seed) pair not finished yet. Returns the list of metrics."""
     def body():
         cfg, classes, seeds, jobs = parse(argv)
-        run.check_folders(cfg)
-        device = run.pick_device(cfg.device)
-        return sweep(cfg, classes, seeds, jobs, device, run.data_identity(cfg))
-    return run.cli(body)
+        folders.check_folders(cfg.out, cfg.data_root, UserError)
+        device = settings.pick_device(cfg.device)
+        return sweep(cfg, classes, seeds, jobs, device, folders.data_identity(cfg.dataset, cfg.data_root))
+    return settings.cli(body)
 
 
 if __name__ == "__main__":

@@ -41,10 +41,13 @@ import ae
 import data
 import evaluate
 import fast_ops
+import folders
+import geom
 import ocnn
 import rcae
 import run
 import score
+import settings
 import shallow
 import svdd
 import sweep
@@ -59,7 +62,9 @@ sys.path.insert(0, os.path.join(HERE, "results", "ablations"))
 import ablations  # noqa: E402  (results/ablations/ablations.py)
 
 
-# ==================== helpers and fixtures
+# ---------------------------------------------------------------------------------------------------
+# Helpers and fixtures
+# ---------------------------------------------------------------------------------------------------
 
 # Hand example with a tie between an anomaly and a normal at 0.8.
 HAND_Y = [1, 0, 1, 1, 0]
@@ -70,8 +75,9 @@ HAND_S = [0.9, 0.8, 0.8, 0.5, 0.1]
 SHORT = ["--settings", "port", "--ae-epochs", "2", "--quiet"]
 FAST = SHORT + ["--svdd-epochs", "2", "--ocnn-epochs", "2", "--batch-size", "16", "--svdd-warmup", "1"]
 
-NUMERIC = [f for f in dataclasses.fields(run.Config) if f.type in (int, float)]
-ZERO_OK = {"normal_class", "pollution_rate", "seed", "pca", "ae_weight_decay", "svdd_weight_decay", "encoder_weight_decay", "rcae_lambda",
+NUMERIC = [f for f in dataclasses.fields(settings.Config) if f.type in (int, float)]
+ZERO_OK = {"normal_class", "pollution_rate", "seed", "pca", "ae_weight_decay", "svdd_weight_decay", "encoder_weight_decay",
+           "geom_weight_decay", "rcae_lambda",
            "svdd_warmup", "checkpoint_seconds", "ocnn_clip"}     # the numeric fields where 0 means something
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (run on a GPU machine)")
@@ -250,6 +256,10 @@ def _targz(path, members):
             tar.addfile(info, io.BytesIO(payload) if payload is not None else None)
 
 
+def _data_id(cfg):
+    return folders.data_identity(cfg.dataset, cfg.data_root)
+
+
 def _mnist_subset(n_train=600, n_test=1000):
     d = data.one_class_split("mnist", 0, root=DATA)
     return d.x_train[:n_train], d.x_test[:n_test], d.y_test[:n_test].numpy()
@@ -282,6 +292,14 @@ def convert():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(autouse=True)
+def no_plots(request, monkeypatch):
+    """A run's plots take most of a short run's time (matplotlib): the tests of what runs do skip them; the
+    tests marked `plots` draw them."""
+    if "plots" not in request.keywords:
+        monkeypatch.setattr(evaluate, "plot_run", lambda *args, **kwargs: None)
 
 
 @pytest.fixture(scope="module")
@@ -320,6 +338,12 @@ def _project(v, C):
     s_lo, s_hi = sums[k], sums[min(k + 1, len(kinks) - 1)]
     lam = lo if s_lo == s_hi else lo + (s_lo - 1) * (hi - lo) / (s_lo - s_hi)
     return np.clip(v - lam, 0, C)
+
+
+def _dual_objective(a, K):
+    """(O2)'s objective 1/2 a^T K a."""
+    a = np.asarray(a, np.float64)
+    return float(0.5 * a @ np.asarray(K, np.float64) @ a)
 
 
 def _projected_gradient(K, C, steps=2000):
@@ -371,7 +395,9 @@ def _png(path, array, mode):
     Image.fromarray(array, mode).save(path)
 
 
-# ==================== evaluate.py: AUROC against the pairwise definition, and the other metrics
+# ---------------------------------------------------------------------------------------------------
+# evaluate.py: AUROC against the pairwise definition, and the other metrics
+# ---------------------------------------------------------------------------------------------------
 
 def test_eval_auroc_matches_pairwise_definition_with_ties():
     # property: rank-based AUROC == the O(n^2) pair count, ties counting one half
@@ -400,25 +426,25 @@ def test_eval_auroc_all_tied_is_half():
     assert evaluate.auroc([0, 1, 0, 1, 1], [3.0] * 5) == 0.5
 
 
-def test_eval_auroc_single_class_raises():
+def test_eval_check_single_class_raises():
     # property: AUROC is undefined with one class, and says so
     with pytest.raises(ValueError, match="both normal"):
         evaluate.auroc([0, 0, 0], [0.1, 0.2, 0.3])
 
 
-def test_eval_auroc_nan_raises():
+def test_eval_check_nan_raises():
     # property: a NaN score is an error, not a silently wrong rank
     with pytest.raises(ValueError, match="NaN"):
         evaluate.auroc([0, 1, 0], [0.1, np.nan, 0.3])
 
 
-def test_eval_auroc_length_mismatch_raises():
+def test_eval_check_length_mismatch_raises():
     # property: labels and scores must pair up
     with pytest.raises(ValueError, match="same length"):
         evaluate.auroc([0, 1, 0], [0.1, 0.2])
 
 
-def test_eval_auroc_rejects_labels_other_than_0_1():
+def test_eval_check_rejects_labels_other_than_0_1():
     # property: labels are 0 (normal) / 1 (anomaly) only, e.g. not raw class ids
     with pytest.raises(ValueError, match="0 \\(normal\\) or 1"):
         evaluate.auroc([0, 1, 2], [0.1, 0.2, 0.3])
@@ -469,7 +495,9 @@ def test_eval_summarize_counts_and_metrics():
                  "n_normal": 2, "n_anomalous": 3}
 
 
-# ==================== evaluate.py: the plots
+# ---------------------------------------------------------------------------------------------------
+# evaluate.py: the plots
+# ---------------------------------------------------------------------------------------------------
 
 def test_eval_plot_history_writes_png(tmp_path):
     # property: plot_history writes a PNG (parent folders created), skips empty stages, closes its figure
@@ -503,7 +531,9 @@ def test_eval_plot_extremes_writes_png_rgb(tmp_path):
     _assert_png_and_closed(evaluate.plot_extremes(images, s, y, tmp_path / "rgb.png", k=2))
 
 
-# ==================== svdd.py: the center, the losses, the propositions
+# ---------------------------------------------------------------------------------------------------
+# svdd.py: the center, the losses, the propositions
+# ---------------------------------------------------------------------------------------------------
 
 def test_svdd_center_rule_hand_values():
     # property: c = mean phi(x); |c_j| < 0.1 becomes +-0.1 keeping its sign, an exact 0 becomes +0.1
@@ -539,7 +569,7 @@ def test_svdd_radius_satisfies_nu_property(nu):
     assert (d > R).float().mean() <= nu <= (d >= R).float().mean()
 
 
-@pytest.mark.parametrize("objective", ["one-class", "soft-boundary"])
+@pytest.mark.parametrize("objective", ["svdd", "soft-svdd"])
 def test_svdd_training_moves_weights_and_scores_vary(objective):
     # property (collapse guard): training changes phi's parameters and the scores are not constant
     torch.manual_seed(0)
@@ -556,7 +586,7 @@ def test_svdd_soft_boundary_nu_property_after_training():
     # property (Prop. 4) after soft-boundary training: at most about nu of the training points lie outside
     torch.manual_seed(0)
     phi, x, nu = ae.build_encoder("mnist"), _images(100), 0.1
-    c, R, hist = svdd.train_svdd(phi, x, objective="soft-boundary", nu=nu, epochs=4, warmup=2, lr=1e-3,
+    c, R, hist = svdd.train_svdd(phi, x, objective="soft-svdd", nu=nu, epochs=4, warmup=2, lr=1e-3,
                                  weight_decay=0.5e-6, batch_size=25, verbose=False)
     dist = svdd.svdd_scores(phi, c, x).sqrt()
     assert R > 0 and (dist > R).float().mean() <= nu
@@ -571,7 +601,9 @@ def test_svdd_score_sign():
     assert torch.allclose(s, torch.tensor([0.25 - 0.25, 25.0 - 0.25]))
 
 
-# ==================== ocnn.py: the loss, r, the options
+# ---------------------------------------------------------------------------------------------------
+# ocnn.py: the loss, r, the options
+# ---------------------------------------------------------------------------------------------------
 
 def test_ocnn_loss_hand_values():
     # property: 1/2||w||^2 + 1/2||V||_F^2 + 1/nu mean max(0, r - y) - r, by hand
@@ -677,7 +709,9 @@ def test_ocnn_score_sign():
     assert torch.allclose(s, torch.tensor([1.0 - 4.0, 1.0 + 1.0]))
 
 
-# ==================== rcae.py: the soft threshold and the limits of lambda
+# ---------------------------------------------------------------------------------------------------
+# rcae.py: the soft threshold and the limits of lambda
+# ---------------------------------------------------------------------------------------------------
 
 def test_rcae_soft_threshold_hand_values():
     # property: S_1(b) = sign(b) max(|b| - 1, 0), by hand
@@ -720,7 +754,9 @@ def test_rcae_history_records_each_outer_iteration():
     assert 0 <= outer[-1]["N_nonzero"] <= 1 and outer[-1]["recon"] > 0
 
 
-# ==================== ae.py: the networks, their initialisations and scores
+# ---------------------------------------------------------------------------------------------------
+# ae.py: the networks, their initializations and scores
+# ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dataset,shape,rep_dim", [("mnist", (1, 28, 28), 32), ("cifar10", (3, 32, 32), 128)])
 def test_ae_shapes(dataset, shape, rep_dim):
@@ -816,7 +852,9 @@ def test_ae_reconstruction_scores_are_per_sample_squared_error():
     assert torch.allclose(ae.reconstruction_scores(model, x, batch_size=2), expected)
 
 
-# ==================== fast_ops.py: the fast ops equal the plain ones
+# ---------------------------------------------------------------------------------------------------
+# fast_ops.py: the fast ops equal the plain ones
+# ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dataset,shape", [("mnist", (1, 28, 28)), ("cifar10", (3, 32, 32))])
 def test_ae_fused_upsample_equals_plain_layers(dataset, shape, monkeypatch):
@@ -875,7 +913,9 @@ def test_ae_max_pool2_gradient_goes_where_max_pool2d_sends_it(shape):
     assert torch.equal(grads[0], grads[1])
 
 
-# ==================== training.py: batches and checkpoints
+# ---------------------------------------------------------------------------------------------------
+# training.py: batches and checkpoints
+# ---------------------------------------------------------------------------------------------------
 
 def test_training_batches_cover_each_index_once():
     # property: the batches are int64 chunks of batch_size (last shorter) covering 0..n-1 exactly once
@@ -900,7 +940,7 @@ def test_training_loops_resume_from_a_checkpoint_to_the_uninterrupted_result(sta
             return list(model.state_dict().values()) + [N]
         phi = ae.encoder_copy(model)
         if stage == "soft-svdd":
-            c, R, _ = svdd.train_svdd(phi, x, objective="soft-boundary", epochs=4, warmup=1, weight_decay=0.5e-6,
+            c, R, _ = svdd.train_svdd(phi, x, objective="soft-svdd", epochs=4, warmup=1, weight_decay=0.5e-6,
                                       **kw)
             return list(phi.state_dict().values()) + [c, torch.tensor(R)]
         head, r, _ = ocnn.train_ocnn(phi, x, joint=True, epochs=4, lr_drop_epoch=2, **kw)
@@ -920,7 +960,9 @@ def test_training_loops_resume_from_a_checkpoint_to_the_uninterrupted_result(sta
     assert len(resumed) == len(whole) and all(torch.equal(a, b) for a, b in zip(resumed, whole))
 
 
-# ==================== shallow.py: PCA, KDE, OC-SVM, Isolation Forest
+# ---------------------------------------------------------------------------------------------------
+# shallow.py: PCA, KDE, OC-SVM, Isolation Forest
+# ---------------------------------------------------------------------------------------------------
 
 def test_pca_keeps_smallest_k_reaching_variance():
     # property: k is the smallest number of components whose eigenvalue share reaches the fraction
@@ -1036,7 +1078,7 @@ def test_ocsvm_dual_objective_no_worse_than_projected_gradient():
     model = shallow.ocsvm_fit(x, 0.3, 0.4, eps=1e-8, dtype=torch.float64)
     K = shallow.rbf_kernel(x, x, 0.4).numpy()
     oracle = _projected_gradient(K, model["C"])
-    assert shallow.ocsvm_dual_objective(model["a"], K) <= shallow.ocsvm_dual_objective(oracle, K) + 1e-12
+    assert _dual_objective(model["a"], K) <= _dual_objective(oracle, K) + 1e-12
     assert np.abs(model["a"] - oracle).max() < 1e-6                        # and it is the same minimiser
 
 
@@ -1046,7 +1088,7 @@ def test_ocsvm_working_set_size_does_not_change_the_solution():
     small = shallow.ocsvm_fit(x, 0.2, 1.0, eps=1e-9, working_set=4, dtype=torch.float64)
     whole = shallow.ocsvm_fit(x, 0.2, 1.0, eps=1e-9, working_set=1000, dtype=torch.float64)
     K = shallow.rbf_kernel(x, x, 1.0).numpy()
-    assert abs(shallow.ocsvm_dual_objective(small["a"], K) - shallow.ocsvm_dual_objective(whole["a"], K)) < 1e-10
+    assert abs(_dual_objective(small["a"], K) - _dual_objective(whole["a"], K)) < 1e-10
     assert np.array_equal(small["a"] > 1e-9, whole["a"] > 1e-9)
 
 
@@ -1162,7 +1204,9 @@ def test_shallow_bad_values_raise_the_module_error(bad):
     assert isinstance(info.value, ValueError) and str(info.value).endswith(".")
 
 
-# ==================== data.py: the MNIST loader
+# ---------------------------------------------------------------------------------------------------
+# data.py: the MNIST loader
+# ---------------------------------------------------------------------------------------------------
 
 def test_data_mnist_real_shapes_and_dtypes():
     # property: the shipped MNIST loads as uint8 (N, 28, 28) and int64 (N,), 60000 train / 10000 test
@@ -1245,10 +1289,12 @@ def test_data_mnist_missing_files_say_where(tmp_path):
         data.load_mnist(str(tmp_path), False)
     msg = str(e.value)
     assert "t10k-images-idx3-ubyte.gz" in msg and "t10k-labels-idx1-ubyte.gz" in msg
-    assert os.path.join(str(tmp_path), "mnist") in msg and 'download("mnist"' in msg
+    assert os.path.join(str(tmp_path), "mnist") in msg and "download('mnist'" in msg
 
 
-# ==================== data.py: preprocessing and the one-class split
+# ---------------------------------------------------------------------------------------------------
+# data.py: preprocessing and the one-class split
+# ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("k, lo, hi", [(0, -0.8826567065619495, 9.001545489292527),
                                        (1, -0.6661464580883915, 20.108062262467364)])
@@ -1343,16 +1389,18 @@ def test_data_gcn_l1_worked_example():
     assert torch.equal(z[1], torch.zeros(2, 2))
 
 
-# ==================== data.py: the CIFAR-10 loader
+# ---------------------------------------------------------------------------------------------------
+# data.py: the CIFAR-10 loader
+# ---------------------------------------------------------------------------------------------------
 
 def test_data_cifar_pickles_channel_first(tmp_path):
     # property: official pickles read as uint8 (N, 3, 32, 32), rows split R, G, B planes; labels int64
     _tiny_cifar_pickles(str(tmp_path / "cifar10" / "cifar-10-batches-py"))
-    x, y = data.load_cifar10(str(tmp_path), True)
+    x, y = data._cifar_arrays(str(tmp_path), True)
     assert x.shape == (20, 3, 32, 32) and x.dtype == np.uint8 and y.shape == (20,) and y.dtype == np.int64
     assert x[1, 0].max() == x[1, 0].min() == 11 and x[1, 2].min() == 13  # image 1: R 11, B 13
     assert y[:4].tolist() == _tiny_cifar_arrays(4, seed=0)[1]
-    assert data.load_cifar10(str(tmp_path), False)[0].shape == (4, 3, 32, 32)
+    assert data._cifar_arrays(str(tmp_path), False)[0].shape == (4, 3, 32, 32)
 
 
 def test_data_cifar_binary_records(tmp_path):
@@ -1360,8 +1408,8 @@ def test_data_cifar_binary_records(tmp_path):
     _tiny_cifar_bins(str(tmp_path / "bin" / "cifar10" / "cifar-10-batches-bin"))
     _tiny_cifar_pickles(str(tmp_path / "py" / "cifar10" / "cifar-10-batches-py"))
     for train in (True, False):
-        xb, yb = data.load_cifar10(str(tmp_path / "bin"), train)
-        xp, yp = data.load_cifar10(str(tmp_path / "py"), train)
+        xb, yb = data._cifar_arrays(str(tmp_path / "bin"), train)
+        xp, yp = data._cifar_arrays(str(tmp_path / "py"), train)
         assert np.array_equal(xb, xp) and np.array_equal(yb, yp)
 
 
@@ -1371,7 +1419,7 @@ def test_data_cifar_binary_bad_size(tmp_path):
     _tiny_cifar_bins(str(folder))
     (folder / "test_batch.bin").write_bytes((folder / "test_batch.bin").read_bytes()[:-1])
     with pytest.raises(data.DataError, match="test_batch.bin.*3073"):
-        data.load_cifar10(str(tmp_path), False)
+        data._cifar_arrays(str(tmp_path), False)
 
 
 def test_data_cifar_unpickler_refuses_code(tmp_path):
@@ -1382,7 +1430,7 @@ def test_data_cifar_unpickler_refuses_code(tmp_path):
     with open(folder / "test_batch", "wb") as f:
         pickle.dump({b"data": _Evil(marker), b"labels": []}, f, protocol=4)
     with pytest.raises(data.DataError, match="refusing to unpickle .*system from .*test_batch"):
-        data.load_cifar10(str(tmp_path), False)
+        data._cifar_arrays(str(tmp_path), False)
     assert not marker.exists()
 
 
@@ -1397,14 +1445,16 @@ def test_data_cifar_unpickler_admits_numpy1_and_numpy2_names():
 def test_data_cifar_split_layout(tmp_path):
     # property: the CIFAR split is float32 (n, 3, 32, 32) holding only the normal class
     _tiny_cifar_pickles(str(tmp_path / "cifar10" / "cifar-10-batches-py"))
-    x, y = data.load_cifar10(str(tmp_path), True)
+    x, y = data._cifar_arrays(str(tmp_path), True)
     k = int(y[0])
     d = data.one_class_split("cifar10", k, root=str(tmp_path))
     assert d.x_train.shape == (int((y == k).sum()), 3, 32, 32) and d.x_train.dtype == torch.float32
     assert d.x_test.shape == (4, 3, 32, 32)
 
 
-# ==================== data.py: a folder of the user's own images
+# ---------------------------------------------------------------------------------------------------
+# data.py: a folder of the user's own images
+# ---------------------------------------------------------------------------------------------------
 
 def test_folder_png_digits_equal_the_idx_pixels_and_labels(tmp_path):
     # property: real MNIST digits written as PNG read back byte-exact, class by class, labels = sorted position
@@ -1439,12 +1489,11 @@ def test_folder_normal_class_bound_is_the_number_of_classes(tmp_path):
 
 
 def test_folder_classes_sorted_and_class_index_takes_a_name_or_an_index(tmp_path):
-    # property: classes are the sorted folder names; a name wins over reading it as a number; unknown -> names
+    # property: classes are the sorted folder names; a number is read as a name, never as a position; unknown -> names
     root = _digit_folder(tmp_path, per_class=1)
     assert data.folder_classes(root) == ["2", "5", "7"]
-    assert data.class_index(root, "5") == 1 and data.class_index(root, "7") == 2  # names
-    assert data.class_index(root, 2) == 2 and data.class_index(root, "0") == 0  # indices
-    for bad in ("3", 3, "cat", -1, True):
+    assert data.class_index(root, "5") == 1 and data.class_index(root, 7) == 2  # names, a number as one
+    for bad in ("3", 3, "0", 0, "cat", -1, True):  # 0 is not the first class here: refused
         with pytest.raises(data.DataError, match="the classes are 2, 5, 7"):
             data.class_index(root, bad)
 
@@ -1591,6 +1640,7 @@ def test_folder_one_test_class_only(tmp_path):
         data.one_class_split("folder", 0, root=root)
 
 
+@pytest.mark.slow
 def test_folder_cifar10_jpegs_equal_the_batch_conversion(tmp_path, convert):
     # property: 20 train + 20 test JPEGs per class read as to_cifar_batches.py decodes them (byte-identical)
     expected = {"train": [], "test": []}  # (label, 3072 pixels) in path order, as the batches hold them
@@ -1613,7 +1663,9 @@ def test_folder_cifar10_jpegs_equal_the_batch_conversion(tmp_path, convert):
     assert data.folder_facts(str(tmp_path))["resized_from"] is None
 
 
-# ==================== data.py: download
+# ---------------------------------------------------------------------------------------------------
+# data.py: download
+# ---------------------------------------------------------------------------------------------------
 
 def test_data_download_fetches_and_verifies_mnist(tmp_path):
     # property: the four official files are fetched from a mirror, verified, and then load
@@ -1649,7 +1701,7 @@ def test_data_download_wrong_checksum_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "MNIST_FILES", {"a.gz": _md5(b"original")})
     with _serve(tmp_path / "served") as url, pytest.raises(data.DataError, match="MD5"):
         data.download("mnist", str(tmp_path / "root"), mirrors=[url])
-    assert os.listdir(tmp_path / "root" / "mnist") == []
+    assert not (tmp_path / "root" / "mnist").exists()  # no file, no folder left
 
 
 def test_data_download_truncated_transfer_refused(tmp_path, monkeypatch):
@@ -1657,7 +1709,7 @@ def test_data_download_truncated_transfer_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "MNIST_FILES", {"a.gz": _md5(b"0123456789")})
     with _serve(handler=_CutHandler) as url, pytest.raises(data.DataError, match="10 of 1000 bytes"):
         data.download("mnist", str(tmp_path / "root"), mirrors=[url])
-    assert os.listdir(tmp_path / "root" / "mnist") == []
+    assert not (tmp_path / "root" / "mnist").exists()  # no file, no folder left
 
 
 def test_data_download_no_server_says_what_to_put_where(tmp_path):
@@ -1680,7 +1732,7 @@ def test_data_download_cifar_extracts_batches(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "CIFAR_FILES", {archive.name: _md5(archive.read_bytes())})
     with _serve(tmp_path / "served") as url:
         data.download("cifar10", str(tmp_path / "root"), mirrors=[url])
-    assert data.load_cifar10(str(tmp_path / "root"), True)[0].shape == (20, 3, 32, 32)
+    assert data._cifar_arrays(str(tmp_path / "root"), True)[0].shape == (20, 3, 32, 32)
 
 
 @pytest.mark.parametrize("bad", ["escape", "symlink"])
@@ -1700,8 +1752,11 @@ def test_data_download_tar_refuses_unsafe_members(tmp_path, monkeypatch, bad):
     assert not (tmp_path / "root" / "evil").exists() and not (tmp_path / "evil").exists()
 
 
-# ==================== end to end on real data: MNIST training, CIFAR-10 (JPEG copy)
+# ---------------------------------------------------------------------------------------------------
+# End to end on real data: MNIST training, CIFAR-10 (JPEG copy)
+# ---------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ae_real_mnist_training_lowers_loss_and_detects():
     # end-to-end, real MNIST: a short training run lowers the loss and its score ranks anomalies higher
     d = data.one_class_split("mnist", 0, root=DATA)
@@ -1714,11 +1769,12 @@ def test_ae_real_mnist_training_lowers_loss_and_detects():
     assert evaluate.auroc(d.y_test[:3000].numpy(), scores.numpy()) > 0.75
 
 
+@pytest.mark.slow
 def test_data_cifar_real_end_to_end(cifar_root):
     # property (end-to-end, ~5 s): real CIFAR-10 shapes, class counts, and the airplane constants (loosely)
-    x, y = data.load_cifar10(cifar_root, True)
+    x, y = data._cifar_arrays(cifar_root, True)
     assert x.shape == (50000, 3, 32, 32) and np.bincount(y).tolist() == [5000] * 10
-    x, y = data.load_cifar10(cifar_root, False)
+    x, y = data._cifar_arrays(cifar_root, False)
     assert x.shape == (10000, 3, 32, 32) and np.bincount(y).tolist() == [1000] * 10
     lo, hi = data.one_class_split("cifar10", 0, root=cifar_root).scale
     print(f"CIFAR-10 airplane (JPEG copy): min {lo}, max {hi}; reference -28.94083453598571, 13.802961825439636")
@@ -1728,26 +1784,30 @@ def test_data_cifar_real_end_to_end(cifar_root):
     assert abs(hi - 13.802961825439636) < 0.1 * 13.802961825439636
 
 
-# ==================== run.py and sweep.py: the command line, sweeps and resuming
+# ---------------------------------------------------------------------------------------------------
+# run.py and sweep.py: the command line, sweeps and resuming
+# ---------------------------------------------------------------------------------------------------
 
+@pytest.mark.plots
 def test_run_end_to_end_writes_every_output(tiny_root, tmp_path):
     # property: one run writes every output file and a valid metrics.json, last
     m = run.main(["--data-root", tiny_root, "--out", str(tmp_path), "--objective", "soft-svdd"] + FAST)
-    (run_dir,) = [p for p in tmp_path.iterdir() if p.name != "ae-cache"]
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.name != "cache"]
     for name in ["config.json", "history.json", "scores.csv", "model.pt", "metrics.json",
-                 "plots/training.png", "plots/score_hist.png", "plots/roc_pr.png", "plots/extremes.png"]:
+                 "plots/training.png", "plots/score_hist.png", "plots/roc_pr.png", "plots/extremes.png",
+                 "plots/codes.png"]:
         assert (run_dir / name).stat().st_size > 0, name
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0 <= metrics["auroc"] <= 1 and metrics["auroc"] == m["auroc"]
     saved = torch.load(run_dir / "model.pt", weights_only=True)
-    assert {"config", "ae", "phi", "c", "R"} <= set(saved)
+    assert {"config", "stage1", "phi", "c", "R"} <= set(saved)
     assert len((run_dir / "scores.csv").read_text().splitlines()) == 201
     assert not list(run_dir.glob("*.tmp")) and not (run_dir / "seconds.json").exists()
 
 
 def test_run_same_seed_same_scores(tiny_root, tmp_path):
     # property: the same seed gives the same scores (with and without the autoencoder cache)
-    args = ["--data-root", tiny_root, "--objective", "ocnn", "--joint"] + FAST
+    args = ["--data-root", tiny_root, "--objective", "ocnn-joint"] + FAST
     a = run.main(args + ["--out", str(tmp_path / "a")])
     b = run.main(args + ["--out", str(tmp_path / "a")])              # pretraining now from the cache
     c = run.main(args + ["--out", str(tmp_path / "c")])              # fresh pretraining
@@ -1760,7 +1820,7 @@ def test_run_model_functions_default_to_the_cli_defaults():
     # property: a model function called from Python without a setting gets run.py's default for it, and
     # takes no default where run.py's depends on the data set (epochs, weight decay, milestones)
     defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-                for f in dataclasses.fields(run.Config)}
+                for f in dataclasses.fields(settings.Config)}
     cli = {(svdd.train_svdd, "nu"): "nu", (svdd.train_svdd, "epochs"): "svdd_epochs",
            (svdd.train_svdd, "lr"): "svdd_lr", (svdd.train_svdd, "milestones"): "svdd_milestones",
            (svdd.train_svdd, "warmup"): "svdd_warmup", (svdd.train_svdd, "batch_size"): "batch_size",
@@ -1769,14 +1829,14 @@ def test_run_model_functions_default_to_the_cli_defaults():
            (ocnn.train_ocnn, "encoder_weight_decay"): "encoder_weight_decay",
            (ocnn.train_ocnn, "encoder_lr_drop"): "encoder_lr_drop", (ocnn.train_ocnn, "hidden"): "ocnn_hidden",
            (ocnn.train_ocnn, "activation"): "ocnn_activation", (ocnn.train_ocnn, "normalize"): "ocnn_normalize",
-           (ocnn.train_ocnn, "joint"): "joint", (ae.train_autoencoder, "lr"): "ae_lr",
+           (ae.train_autoencoder, "lr"): "ae_lr",
            (rcae.train_rcae, "lam"): "rcae_lambda", (rcae.train_rcae, "outer_iters"): "rcae_iters",
            (rcae.train_rcae, "lr"): "ae_lr"}
     for (fn, param), field in cli.items():
         default = inspect.signature(fn).parameters[param].default
         assert list(default) == defaults[field] if isinstance(default, tuple) else default == defaults[field], \
             (fn.__name__, param)
-    assert inspect.signature(ocnn.train_ocnn).parameters["clip"].default == run.parse_config(["--objective",
+    assert inspect.signature(ocnn.train_ocnn).parameters["clip"].default == settings.parse_config(["--objective",
                                                                                               "ocnn"]).ocnn_clip
     for fn, params in ((ae.train_autoencoder, ("epochs", "weight_decay", "milestones")),
                        (rcae.train_rcae, ("epochs_per_iter", "weight_decay", "milestones")),
@@ -1784,9 +1844,9 @@ def test_run_model_functions_default_to_the_cli_defaults():
         assert all(inspect.signature(fn).parameters[p].default is inspect.Parameter.empty for p in params)
 
 
-def test_sweep_resumes_and_summarises(tiny_root, tmp_path, capsys):
+def test_sweep_resumes_and_summarizes(tiny_root, tmp_path, capsys):
     # property: a sweep writes a summary, and started again it skips the finished runs
-    args = ["--data-root", tiny_root, "--out", str(tmp_path), "--objective", "ae",
+    args = ["--data-root", tiny_root, "--out", str(tmp_path), "--objective", "own",
             "--normal-class", "all", "--seeds", "0"] + SHORT + ["--batch-size", "64"]
     first = sweep.main(args)
     (folder,) = tmp_path.glob("sweep-*")
@@ -1798,7 +1858,7 @@ def test_sweep_resumes_and_summarises(tiny_root, tmp_path, capsys):
 
 
 def test_sweep_of_a_shallow_detector_writes_its_summary(tiny_root, tmp_path):
-    # property: a sweep of a shallow detector on pixels (no stage 1) summarises like the deep ones
+    # property: a sweep of a shallow detector on pixels (no stage 1) summarizes like the deep ones
     rows = sweep.main(["--data-root", tiny_root, "--out", str(tmp_path), "--objective", "iforest",
                        "--normal-class", "1,2", "--seeds", "0", "1", "--quiet"])
     (summary,) = tmp_path.glob("sweep-mnist-pixels+iforest-*/summary.csv")
@@ -1812,19 +1872,19 @@ def test_sweep_skips_a_run_another_sweep_finished_after_the_listing(tmp_path, mo
     # other process before its turn comes is read back, under the run's lock, not retrained
     folder = tmp_path / "class0-seed0-pixels+iforest"
     folder.mkdir()
-    training.write_json(str(folder / "metrics.json"), {"auroc": 0.75, "normal_class": 0})
+    folders.write_json(str(folder / "metrics.json"), {"auroc": 0.75, "normal_class": 0})
     monkeypatch.setattr(run, "load_data", lambda *a: pytest.fail("a finished run was trained again"))
-    cfg = run.Config(objective="iforest")
+    cfg = settings.Config(objective="iforest")
     assert sweep.run_here(cfg, str(folder), "cpu", {}) == {"auroc": 0.75, "normal_class": 0}
 
 
 def test_sweep_class_list_runs_exactly_those_classes(tiny_root, tmp_path):
     # property: --normal-class 3,5 runs classes 3 and 5 and nothing else, into the same sweep folder as 'all'
-    args = ["--data-root", tiny_root, "--out", str(tmp_path), "--objective", "ae", "--normal-class", "3,5",
+    args = ["--data-root", tiny_root, "--out", str(tmp_path), "--objective", "own", "--normal-class", "3,5",
             "--seeds", "0"] + SHORT + ["--batch-size", "64"]
     rows = sweep.main(args)
     assert [m["normal_class"] for m in rows] == [3, 5]
-    assert sorted(p.name for p in tmp_path.glob("sweep-*/class*")) == ["class3-seed0-ae+ae", "class5-seed0-ae+ae"]
+    assert sorted(p.name for p in tmp_path.glob("sweep-*/class*")) == ["class3-seed0-ae+own", "class5-seed0-ae+own"]
     assert sweep_folder(args) == sweep_folder([a if a != "3,5" else "all" for a in args])
 
 
@@ -1839,15 +1899,15 @@ def test_run_ae_init_dict_sets_conv1_in_its_own_folder(tiny_root, tmp_path, monk
     monkeypatch.setattr(ae, "dictionary_filters", lambda x, n, k, seed: seen.append(seed) or torch.ones(n, 1, k, k))
     monkeypatch.setattr(ae, "train_autoencoder", lambda model, *a, **kw: [])
     d = data.one_class_split("mnist", 3, root=tiny_root)
-    cfg = run.parse_config(["--data-root", tiny_root, "--out", str(tmp_path), "--ae-init", "dict", "--seed", "4"])
-    model, _, _ = run.pretrain(cfg, d, torch.device("cpu"), run.data_identity(cfg), None)
+    cfg = settings.parse_config(["--data-root", tiny_root, "--out", str(tmp_path), "--ae-init", "dict", "--seed", "4"])
+    model, _, _ = run.stage1(cfg, d, "mnist", torch.device("cpu"), _data_id(cfg), None)
     assert seen == [4] and torch.equal(model.encoder.conv1.weight, torch.ones(8, 1, 5, 5))
 
 
 def sweep_folder(argv):
     """The sweep folder of sweep.py's flags."""
     cfg = sweep.parse(argv)[0]
-    return sweep.sweep_folder(cfg, run.data_identity(cfg))
+    return sweep.sweep_folder(cfg, _data_id(cfg))
 
 
 def test_sweep_folder_hashes_only_the_settings_the_method_uses():
@@ -1855,13 +1915,13 @@ def test_sweep_folder_hashes_only_the_settings_the_method_uses():
     # they were; a Deep SVDD setting does not move OC-NN's
     def folder(*flags):
         return sweep_folder(["--seeds", "0", *flags])
-    for objective in ("svdd", "soft-svdd", "ae"):
+    for objective in ("svdd", "soft-svdd", "own"):
         assert folder("--objective", objective) == folder("--objective", objective, "--ocnn-clip", "0.5",
-                                                          "--ocnn-normalize", "--joint", "--encoder-lr", "1e-3")
+                                                          "--ocnn-normalize", "--encoder-lr", "1e-3")
     assert folder("--objective", "ocnn") != folder("--objective", "ocnn", "--ocnn-clip", "1")
     assert folder("--objective", "ocnn") == folder("--objective", "ocnn", "--svdd-epochs", "3")
     assert folder("--objective", "svdd") != folder("--objective", "svdd", "--svdd-epochs", "3")
-    assert folder("--objective", "ocnn", "--joint", "--no-encoder-lr-drop") != folder("--objective", "ocnn", "--joint")
+    assert folder("--objective", "ocnn-joint", "--no-encoder-lr-drop") != folder("--objective", "ocnn-joint")
     assert folder("--objective", "svdd", "--scaling", "image") != folder("--objective", "svdd", "--scaling", "class")
     assert folder("--objective", "svdd") == folder("--objective", "svdd", "--nu", "0.3")   # svdd has no nu
 
@@ -1870,10 +1930,11 @@ def test_run_ae_cache_keyed_on_the_scaling_and_the_pretraining_only(tmp_path):
     # property: an autoencoder trained on per-image scaled data is never reused for the default scaling;
     # the objective and its settings do not move the entry (the objectives share their autoencoders)
     def path(*flags):
-        cfg = run.parse_config(["--out", str(tmp_path), *flags])
-        return run.cache_path(cfg, run.data_identity(cfg))
+        cfg = settings.parse_config(["--out", str(tmp_path), *flags])
+        return folders.cache_path(cfg.out, cfg.dataset, cfg.pretrain, cfg.normal_class,
+                                  settings.used_settings(cfg, stage1_only=True), _data_id(cfg))
     assert path("--scaling", "image") != path() != path("--pretrain", "rcae")
-    assert path() == path("--objective", "ocnn", "--joint", "--nu", "0.3") == path("--svdd-epochs", "7")
+    assert path() == path("--objective", "ocnn-joint", "--nu", "0.3") == path("--svdd-epochs", "7")
     assert path("--pretrain", "rcae") != path("--pretrain", "rcae", "--rcae-lambda", "0.2")
     assert path() == path("--rcae-lambda", "0.2")                    # the plain autoencoder has no lambda
 
@@ -1881,18 +1942,18 @@ def test_run_ae_cache_keyed_on_the_scaling_and_the_pretraining_only(tmp_path):
 def test_run_ocnn_defaults_and_the_plain_objective_one_flag_away():
     # property: the OC-NN defaults are unit codes with clipping 0.5; --no-ocnn-normalize alone gives the
     # paper's plain objective (raw codes, no clipping); an explicit --ocnn-clip wins in both cases
-    cfg = run.parse_config(["--objective", "ocnn"])
+    cfg = settings.parse_config(["--objective", "ocnn"])
     assert (cfg.ocnn_normalize, cfg.ocnn_clip, cfg.nu) == (True, 0.5, 0.1)
-    assert (lambda c: (c.ocnn_normalize, c.ocnn_clip))(run.parse_config(["--no-ocnn-normalize"])) == (False, 0.0)
-    assert run.parse_config(["--no-ocnn-normalize", "--ocnn-clip", "2"]).ocnn_clip == 2.0
-    assert run.parse_config(["--ocnn-clip", "0"]).ocnn_clip == 0.0
+    assert (lambda c: (c.ocnn_normalize, c.ocnn_clip))(settings.parse_config(["--no-ocnn-normalize"])) == (False, 0.0)
+    assert settings.parse_config(["--no-ocnn-normalize", "--ocnn-clip", "2"]).ocnn_clip == 2.0
+    assert settings.parse_config(["--ocnn-clip", "0"]).ocnn_clip == 0.0
 
 
 def test_run_settings_presets_fill_only_unset_fields():
     # property: MNIST's default preset is the Theano code's settings, --settings port the PyTorch port's,
     # an explicit flag wins over either, and CIFAR-10 gets the port's under both names
     keys = ("ae_init", "bn_affine", "ae_milestones", "ae_weight_decay", "svdd_weight_decay")
-    get = lambda argv: tuple(getattr(run.parse_config(argv), k) for k in keys)
+    get = lambda argv: tuple(getattr(settings.parse_config(argv), k) for k in keys)
     assert get([]) == ("theano", True, [], 1e-3, 1e-6)
     assert get(["--settings", "port"]) == ("default", False, [50], 0.5e-3, 0.5e-6)
     assert get(["--no-bn-affine", "--ae-milestones", "50"]) == ("theano", False, [50], 1e-3, 1e-6)
@@ -1901,7 +1962,7 @@ def test_run_settings_presets_fill_only_unset_fields():
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--objective", "kmeans"], "--objective must be svdd | soft-svdd | ocnn | ae"),
+    (["--objective", "kmeans"], "--objective must be svdd | soft-svdd | ocnn | ocnn-joint | own"),
     (["--nu", "0"], "--nu must be a number in (0, 1]"),
     (["--nu", "1.5"], "--nu must be a number in (0, 1]"),
     (["--normal-class", "10"], "--normal-class must be 0..9"),
@@ -1923,15 +1984,16 @@ def test_run_bad_flag_exits_nonzero_with_message(argv, message, capsys):
 
 @pytest.mark.parametrize("value", ["-1", "0", "nan", "inf"])
 @pytest.mark.parametrize("name", [f.name for f in NUMERIC])
-def test_run_every_numeric_flag_refuses_bad_values(name, value, capsys):
+def test_run_every_numeric_flag_refuses_bad_values(name, value, capsys, tmp_path, monkeypatch):
     # property: no numeric flag takes a negative, NaN or infinite value, and 0 only where it means something;
     # a refusal is one line naming the flag and exit status 2, before any work
     flag = "--" + name.replace("_", "-")
     if value == "0" and name in ZERO_OK:
-        assert getattr(run.parse_config([flag, value]), name) == 0
+        assert getattr(settings.parse_config([flag, value]), name) == 0
         return
+    monkeypatch.setattr(run, "run_experiment", lambda *a: pytest.fail(f"{flag} {value} was not refused"))
     with pytest.raises(SystemExit) as e:
-        run.main([flag, value, "--out", "/nonexistent/never-written"])
+        run.main([flag, value, "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and flag in err, err
 
@@ -1963,32 +2025,34 @@ def test_sweep_refuses_a_class_or_seed_twice_and_a_lone_seed(argv, message, caps
 
 def test_run_bare_milestones_mean_a_constant_lr():
     # property: --ae-milestones with no value is valid: no lr drop (the Theano code's constant AE lr)
-    assert run.parse_config(["--settings", "port", "--ae-milestones"]).ae_milestones == []
+    assert settings.parse_config(["--settings", "port", "--ae-milestones"]).ae_milestones == []
 
 
 @pytest.mark.parametrize("argv,flags", [
-    (["--objective", "svdd", "--joint", "--nu", "0.5"], ["--joint", "--nu"]),
+    (["--objective", "svdd", "--encoder-lr", "1e-3", "--nu", "0.5"], ["--encoder-lr", "--nu"]),
     (["--objective", "ocnn", "--encoder-lr", "1e-3", "--svdd-epochs", "3"], ["--encoder-lr", "--svdd-epochs"]),
     (["--objective", "svdd", "--svdd-warmup", "500"], ["--svdd-warmup"]),
     (["--rcae-iters", "3"], ["--rcae-iters"]),
 ])
 def test_run_flags_that_do_nothing_are_warned_about_in_one_line_each(argv, flags, capsys):
-    # property: a flag the chosen objective or representation does not use gets one warning line (run.USES)
-    run.parse_config(argv)
+    # property: a flag the chosen objective or representation does not use gets one warning line
+    settings.parse_config(argv)
     warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
     assert sorted(w.split()[1] for w in warnings) == sorted(flags)
-    assert all("does nothing here" in w for w in warnings)
-    run.parse_config(["--objective", "soft-svdd", "--nu", "0.5", "--svdd-warmup", "3"])
+    assert all("does nothing in a" in w for w in warnings)
+    settings.parse_config(["--objective", "soft-svdd", "--nu", "0.5", "--svdd-warmup", "3"])
     assert "warning" not in capsys.readouterr().out
 
 
 def test_run_banner_shows_nu_only_where_it_is_used(tiny_root, tmp_path, capsys):
     # property: the one-class Deep SVDD banner names no nu (it has none); the soft-boundary one does
     run.main(["--data-root", tiny_root, "--out", str(tmp_path)] + FAST)
-    assert "Deep SVDD (one-class) ===" in capsys.readouterr().out
+    assert "stage 2: one-class Deep SVDD ===" in capsys.readouterr().out
 
 
-# ==================== run.py and sweep.py: what is saved can be trusted
+# ---------------------------------------------------------------------------------------------------
+# run.py and sweep.py: what is saved can be trusted
+# ---------------------------------------------------------------------------------------------------
 
 def _other_labels_root(tmp_path):
     """The tiny MNIST with its training labels moved by one: the same files but one, other data."""
@@ -2002,21 +2066,23 @@ def test_run_other_data_is_never_passed_off_as_these(tiny_root, tmp_path, capsys
     # property: the data (root and fingerprint) keys the autoencoder cache, the sweep folder and the resume
     # match: other data under another --data-root is trained on afresh, never answered from the first's
     other = _other_labels_root(tmp_path)
-    out = ["--out", str(tmp_path / "runs"), "--objective", "ae", "--normal-class", "3"] + SHORT
+    out = ["--out", str(tmp_path / "runs"), "--objective", "own", "--normal-class", "3"] + SHORT
     run.main(["--data-root", tiny_root] + out)
     capsys.readouterr()
     run.main(["--data-root", other] + out)
-    assert "reusing the pretrained autoencoder" not in capsys.readouterr().out
-    assert len(list((tmp_path / "runs" / "ae-cache").glob("*-class3.pt"))) == 2
+    assert "reusing the trained representation" not in capsys.readouterr().out
+    assert len(list((tmp_path / "runs" / "cache").glob("*-class3.pt"))) == 2
     sweep.main(["--data-root", tiny_root] + out)
     capsys.readouterr()
     sweep.main(["--data-root", other] + out)
     assert "skipping" not in capsys.readouterr().out and len(list((tmp_path / "runs").glob("sweep-*"))) == 2
-    first = sorted((tmp_path / "runs").glob("*-mnist-3-ae+ae"))[0]       # the first data's single run
+    first = sorted((tmp_path / "runs").glob("*-mnist-3-ae+own"))[0]       # the first data's single run
     (first / "metrics.json").unlink()                                # now unfinished
-    ids = {root: run.data_identity(run.parse_config(["--data-root", root] + out)) for root in (tiny_root, other)}
-    assert run.unfinished_run(run.parse_config(["--data-root", tiny_root] + out), ids[tiny_root]) == str(first)
-    assert run.unfinished_run(run.parse_config(["--data-root", other] + out), ids[other]) is None
+    ids = {root: _data_id(settings.parse_config(["--data-root", root] + out)) for root in (tiny_root, other)}
+    def unfinished(root):
+        cfg = settings.parse_config(["--data-root", root] + out)
+        return folders.unfinished_run(cfg.out, settings.run_name(cfg), {**settings.used_settings(cfg), **ids[root]})
+    assert unfinished(tiny_root) == str(first) and unfinished(other) is None
 
 
 def _finished_run(tiny_root, out, *flags):
@@ -2033,7 +2099,7 @@ def test_run_a_corrupt_saved_file_is_moved_aside_and_rebuilt(tiny_root, tmp_path
     # moved aside with one line naming it, rebuilt, and the run ends as an uninterrupted one; never a hint to
     # load it unsafely
     args, metrics, run_dir = _finished_run(tiny_root, tmp_path)
-    (cache,) = (tmp_path / "ae-cache").glob("*-class3.pt")
+    (cache,) = (tmp_path / "cache").glob("*-class3.pt")
     path = {"cache": cache, "partial": cache.with_name(cache.stem + "-partial.pt"),
             "checkpoint": run_dir / "checkpoint.pt"}[which]
     good = cache.read_bytes()
@@ -2069,15 +2135,15 @@ def test_run_a_second_process_in_a_run_folder_is_refused(tiny_root, tmp_path, ca
     args, _, run_dir = _finished_run(tiny_root, tmp_path)
     (run_dir / "metrics.json").unlink()
     before = sorted(p.name for p in run_dir.iterdir())
-    with training.Lock(str(run_dir / ".lock")):                       # as the other process would hold it
+    with folders.Lock(str(run_dir / ".lock")):                       # as the other process would hold it
         with pytest.raises(SystemExit) as e:
             run.main(args)
         assert e.value.code == 2 and f"another process is training in {run_dir}" in capsys.readouterr().err
         assert sorted(p.name for p in run_dir.iterdir()) == before
         flags = ["--data-root", tiny_root, "--out", str(tmp_path / "s"), "--normal-class", "3,4"] + FAST
         cfg = sweep.parse(flags)[0]
-        held = sweep.run_folder(cfg, run.data_identity(cfg), 3, 0)
-        with training.Lock(os.path.join(held, ".lock")):
+        held = sweep.run_folder(cfg, _data_id(cfg), 3, 0)
+        with folders.Lock(os.path.join(held, ".lock")):
             rows = sweep.main(flags)
     assert rows[0] is None and rows[1] is not None
     assert "summary not written: 1 run(s) are in use" in capsys.readouterr().out
@@ -2101,7 +2167,7 @@ def test_run_disk_full_on_model_pt_leaves_no_half_file_and_resumes(tiny_root, tm
     with pytest.raises(SystemExit) as e:
         run.main(args)
     err = capsys.readouterr().err
-    assert e.value.code == 1 and err.count("\n") == 1 and "model.pt (No space left on device)" in err
+    assert e.value.code == 1 and err.count("\n") == 1 and "model.pt (the disk is full" in err
     (run_dir,) = tmp_path.glob("*-mnist-3-*")
     assert not (run_dir / "model.pt").exists() and not list(run_dir.glob("*.tmp"))
     assert not (run_dir / "metrics.json").exists()
@@ -2112,12 +2178,12 @@ def test_run_disk_full_on_model_pt_leaves_no_half_file_and_resumes(tiny_root, tm
 @pytest.mark.parametrize("setup,argv,message,code", [
     (lambda p: (p / "file").write_text("x"), ["--out", "{p}/file"], "--out {p}/file: cannot make a folder there", 2),
     (lambda p: (p / "file").write_text("x"), ["--data-root", "{p}/file"], "--data-root {p}/file is a file", 2),
-    (lambda p: (p / "ae-cache").write_text("x"), ["--out", "{p}"], "cannot write {p}/ae-cache (", 1),
+    (lambda p: (p / "cache").write_text("x"), ["--out", "{p}"], "{p}/cache: File exists", 1),
     (lambda p: None, ["--pollution-rate", "0.95"], "pollution_rate 0.95 needs", 2),
 ])
 def test_run_file_system_and_data_problems_end_in_one_sentence(tiny_root, tmp_path, capsys, setup, argv, message,
                                                                code):
-    # property: --out on a file, --data-root a file, an ae-cache/ that cannot be made (before any training),
+    # property: --out on a file, --data-root a file, a cache/ that cannot be made (before any training),
     # a pollution rate the data cannot meet: one line, a non-zero exit, no traceback
     setup(tmp_path)
     argv = [a.replace("{p}", str(tmp_path)) for a in argv]
@@ -2151,15 +2217,16 @@ def test_run_resumed_seconds_count_every_process(tiny_root, tmp_path, monkeypatc
     monkeypatch.setattr(svdd, "train_svdd", real)
     metrics = run.main(args)
     (run_dir,) = tmp_path.glob("*-mnist-3-*")
-    pretrain = json.loads((run_dir / "history.json").read_text())["pretrain (ae)"]
+    pretrain = json.loads((run_dir / "history.json").read_text())["stage 1 (ae)"]
     assert metrics["seconds_before_resume"] >= sum(r["seconds"] for r in pretrain) > 0
     assert metrics["seconds"] > metrics["seconds_before_resume"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads a process's children from /proc (Linux)")
 def test_sweep_workers_end_when_their_parent_is_killed(tiny_root, tmp_path):
     # property: kill -9 of a --jobs 2 sweep's parent leaves no worker running on (each watches its parent)
-    args = ["--data-root", tiny_root, "--out", str(tmp_path), "--objective", "ae", "--normal-class", "1,2",
+    args = ["--data-root", tiny_root, "--out", str(tmp_path), "--objective", "own", "--normal-class", "1,2",
             "--jobs", "2", "--settings", "port", "--ae-epochs", "500", "--quiet"]
     parent = subprocess.Popen([sys.executable, os.path.join(HERE, "sweep.py")] + args, cwd=HERE,
                               env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL)
@@ -2178,7 +2245,9 @@ def test_sweep_workers_end_when_their_parent_is_killed(tiny_root, tmp_path):
     assert not [w for w in workers if os.path.exists(f"/proc/{w}") and open(f"/proc/{w}/stat").read().split()[2] != "Z"]
 
 
-# ==================== run.py: the decision, score.py, your own images, the shallow detectors
+# ---------------------------------------------------------------------------------------------------
+# run.py: the decision, score.py, your own images, the shallow detectors
+# ---------------------------------------------------------------------------------------------------
 
 def _scores_csv(run_dir):
     rows = list(csv.DictReader(open(run_dir / "scores.csv")))
@@ -2242,7 +2311,7 @@ def test_score_py_gives_the_runs_own_scores_to_its_test_images(tiny_root, tmp_pa
 
 def test_score_py_refuses_images_of_another_kind(tiny_root, tmp_path, capsys):
     # property: a colour or a differently sized image is refused in one sentence, exit 2, nothing written
-    run.main(["--data-root", tiny_root, "--out", str(tmp_path / "runs"), "--objective", "ae"] + FAST)
+    run.main(["--data-root", tiny_root, "--out", str(tmp_path / "runs"), "--objective", "own"] + FAST)
     (run_dir,) = (tmp_path / "runs").glob("*-mnist-0-*")
     _png(str(tmp_path / "rgb.png"), np.zeros((32, 32, 3), np.uint8), "RGB")
     with pytest.raises(SystemExit) as e:
@@ -2287,7 +2356,7 @@ def test_sweep_folder_classes_by_name_and_all(tiny_root, tmp_path):
 
 @pytest.mark.parametrize("argv,message", [
     (["--dataset", "folder", "--data-root", "{p}/none"], "there is no {p}/none/train folder"),
-    (["--dataset", "folder", "--data-root", "{p}/pngs", "--normal-class", "wolf"], "'wolf' is neither a class"),
+    (["--dataset", "folder", "--data-root", "{p}/pngs", "--normal-class", "wolf"], "'wolf' is not a class"),
 ])
 def test_run_folder_bad_input_one_sentence_exit_2(tmp_path, capsys, argv, message):
     # property: a folder without train/, or an unknown class name: one sentence, exit status 2
@@ -2300,6 +2369,446 @@ def test_run_folder_bad_input_one_sentence_exit_2(tmp_path, capsys, argv, messag
     assert e.value.code == 2 and err.count("\n") == 1 and message.replace("{p}", str(tmp_path)) in err, err
 
 
+# ---------------------------------------------------------------------------------------------------
+# geom.py: the transformations, the network, the own score
+# ---------------------------------------------------------------------------------------------------
+
+def test_four_quarter_turns_are_the_identity():
+    # property: T_1 applied four times gives the image back, exactly
+    x = torch.rand(3, 2, 9, 9)
+    y = x
+    for _ in range(4):
+        y = geom.transform(y, 1, "rot")
+    assert torch.equal(y, x)
+
+
+@pytest.mark.parametrize("name", ["rot", "rot-flip", "geom"])
+def test_kth_copy_carries_label_k_and_equals_transform(name):
+    # property: in transform_batch, the k-th block of B images is transform(x, k) and carries label k
+    x = torch.rand(3, 1, 12, 12)
+    images, labels = geom.transform_batch(x, name)
+    K = len(geom.TRANSFORMS[name])
+    assert images.shape == (K * 3, 1, 12, 12) and labels.shape == (K * 3,)
+    for k in range(K):
+        assert torch.equal(images[3 * k:3 * k + 3], geom.transform(x, k, name))
+        assert labels[3 * k:3 * k + 3].tolist() == [k, k, k]
+
+
+def test_transform_each_applies_the_drawn_transformation_per_image():
+    # property: transform_each(x, labels) row i equals transform(x_i, labels_i)
+    x, labels = torch.rand(5, 1, 10, 10), torch.tensor([0, 71, 5, 5, 40])
+    out = geom.transform_each(x, labels, "geom")
+    for i, k in enumerate(labels.tolist()):
+        assert torch.equal(out[i:i + 1], geom.transform(x[i:i + 1], k, "geom"))
+
+
+def test_shift_keeps_the_size_and_moves_interior_content_by_8():
+    # property: out[i, j] = x[i + dy, j + dx] inside the image; the shape is unchanged
+    x = torch.rand(2, 3, 28, 28)
+    out = geom.shift(x, 8, -8)
+    assert out.shape == x.shape
+    assert torch.equal(out[..., 5, 12], x[..., 13, 4])
+
+
+def test_shift_border_is_scipys_half_sample_reflection():
+    # property: a shift of 2 on [0 1 2 3 4] gives [2 3 4 4 3] (scipy.ndimage 'reflect', GEOM's Keras border)
+    x = torch.arange(5.0).view(1, 1, 1, 5)
+    assert geom.shift(x, 0, 2).flatten().tolist() == [2, 3, 4, 4, 3]
+    assert geom.shift(x, 0, -2).flatten().tolist() == [1, 0, 0, 1, 2]
+
+
+@pytest.mark.parametrize("name,K", [("rot", 4), ("rot-flip", 8), ("geom", 72)])
+def test_sets_have_K_distinct_transformations(name, K):
+    # property: no two transformations of a set give the same random image
+    x = torch.rand(1, 1, 28, 28)
+    assert len(geom.TRANSFORMS[name]) == K
+    images, _ = geom.transform_batch(x, name)
+    assert len({tuple(im.flatten().tolist()) for im in images}) == K
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_encoder_has_no_bias_and_loads_into_phi(dataset):
+    # property: Deep SVDD's Prop. 2 holds for the encoder (no bias anywhere); its state dict loads into phi
+    model = geom.build_geom(dataset, "rot")
+    assert not any("bias" in n for n, _ in model.encoder.named_parameters())
+    assert all(getattr(m, "bias", None) is None for m in model.encoder.modules())
+    phi = ae.build_encoder(dataset)
+    phi.load_state_dict(model.encoder.state_dict())
+    x = torch.rand(4, *((1, 28, 28) if dataset == "mnist" else (3, 32, 32)))
+    z = model.encoder.eval()(x)                                 # (4, rep_dim)
+    assert torch.equal(phi.eval()(x), z) and torch.equal(geom.encoder_copy(model).eval()(x), z)
+
+
+def _tiny_run(seed):
+    torch.manual_seed(seed)                                     # the network's initial weights
+    model = geom.build_geom("mnist", "rot-flip")
+    x = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    geom.train_geom(model, x, transforms="rot-flip", epochs=1, lr=1e-3, weight_decay=1e-6, milestones=(),
+                    batch_size=32, seed=seed, verbose=False)
+    return geom.geom_scores(model, x[:16], "rot-flip")
+
+
+def test_same_seed_same_scores():
+    # property: training and scoring are deterministic given the seed
+    assert torch.equal(_tiny_run(0), _tiny_run(0))
+
+
+def test_resumed_training_equals_uninterrupted(tmp_path):
+    # property: 1 epoch, a checkpoint, 1 more epoch ends with the same weights as 2 epochs at once
+    import training
+    x = torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    kw = dict(transforms="geom", lr=1e-3, weight_decay=1e-6, milestones=(1,), batch_size=16, verbose=False)
+    torch.manual_seed(0)
+    a = geom.build_geom("mnist", "geom")
+    geom.train_geom(a, x, epochs=2, **kw)
+    torch.manual_seed(0)
+    b = geom.build_geom("mnist", "geom")
+    ckpt = training.Checkpoint(str(tmp_path / "ckpt.pt"), seconds=0)
+    geom.train_geom(b, x, epochs=1, checkpoint=ckpt, **kw)
+    c = geom.build_geom("mnist", "geom")
+    history = geom.train_geom(c, x, epochs=2, checkpoint=ckpt, **kw)
+    assert len(history) == 2
+    for (name, p), q in zip(a.state_dict().items(), c.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_own_score_is_higher_for_another_digit():
+    # property: trained on upright 7s, the score is higher on 0s (nearly half-turn symmetric) than on held-out 7s
+    if not os.path.isdir(os.path.join(HERE, "data", "mnist")):
+        pytest.skip("MNIST not found under data/mnist")
+    x, y = data.load_mnist(os.path.join(HERE, "data"), False)
+    x = torch.from_numpy(x).float().unsqueeze(1) / 255          # (N, 1, 28, 28)
+    sevens, zeros = x[torch.from_numpy(y == 7)], x[torch.from_numpy(y == 0)]
+    torch.manual_seed(0)
+    model = geom.build_geom("mnist", "rot")
+    geom.train_geom(model, sevens[:300], transforms="rot", epochs=4, lr=1e-3, weight_decay=1e-6, milestones=(),
+                    batch_size=50, verbose=False)
+    s_normal = geom.geom_scores(model, sevens[300:500], "rot")
+    s_other = geom.geom_scores(model, zeros[:200], "rot")
+    assert s_other.mean() > s_normal.mean()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Faults a user found in the model files, data.py and shallow.py
+# ---------------------------------------------------------------------------------------------------
+
+# ---------------------------------------------------------------------------------------------------
+# shallow.py: out-of-sample training scores, finite scores
+# ---------------------------------------------------------------------------------------------------
+
+def test_shallow_kde_threshold_from_train_scores_flags_the_level_of_unseen_points():
+    # property: a KDE threshold from shallow.train_scores (leave one out) at level 0.1 flags about 10 % of
+    # held-out points of the same distribution; one from the in-sample scores flags far more
+    rng = np.random.default_rng(0)
+    x, held = torch.from_numpy(rng.standard_normal((200, 10))), torch.from_numpy(rng.standard_normal((1000, 10)))
+    model, _ = shallow.fit("kde", x)
+    s = shallow.score("kde", model, held).numpy()
+    loo = evaluate.quantile_threshold(shallow.train_scores("kde", model, x).numpy(), 0.1)
+    in_sample = evaluate.quantile_threshold(shallow.score("kde", model, x).numpy(), 0.1)
+    assert 0.03 <= (s > loo).mean() <= 0.25
+    assert (s > in_sample).mean() > 0.5
+
+
+def test_shallow_kde_leave_one_out_equals_the_brute_force_sum():
+    # property: train_scores of a KDE = -log(1/(n-1) sum_{j != i} N(x_i; x_j, h^2 I)), summed term by term
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 1.0]], dtype=torch.float64)
+    h, (n, d) = 0.7, x.shape
+    model, _ = shallow.fit("kde", x, bandwidth=h)
+    brute = [-math.log(sum(math.exp(-float(((x[i] - x[j]) ** 2).sum()) / (2 * h ** 2))
+                           / (2 * math.pi * h ** 2) ** (d / 2) for j in range(n) if j != i) / (n - 1))
+             for i in range(n)]
+    assert torch.allclose(shallow.train_scores("kde", model, x), torch.tensor(brute, dtype=torch.float64))
+
+
+def test_shallow_ocsvm_gamma_too_large_for_the_kernel_is_a_shallow_error():
+    # property: a gamma whose kernel is not finite (1e300 overflows float32) stops the fit with ShallowError
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((30, 3)))
+    with pytest.raises(shallow.ShallowError, match="gamma"):
+        model, _ = shallow.fit("ocsvm", x, gamma=1e300)
+        shallow.score("ocsvm", model, x)
+
+
+def test_shallow_non_finite_scores_are_a_shallow_error():
+    # property: a KDE whose scores overflow (a bandwidth of 1e-200) raises ShallowError, never returns inf
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((30, 3)))
+    model, _ = shallow.fit("kde", x, bandwidth=1e-200)
+    with pytest.raises(shallow.ShallowError, match="not finite"):
+        shallow.score("kde", model, x + 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# training.py: batches, divergence
+# ---------------------------------------------------------------------------------------------------
+
+def test_training_batches_lone_last_index_joins_the_batch_before():
+    # property: batches are the plain batch_size slices of the permutation, except that a last chunk of one
+    # index joins the chunk before it (201 at 200: one batch of 201)
+    for n, size in [(201, 200), (9, 4), (10, 4), (8, 4), (3, 5), (1, 4), (7, 1), (400, 200)]:
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(n))
+        plain = [perm[i:i + size] for i in range(0, n, size)]
+        if len(plain) > 1 and len(plain[-1]) == 1 and size > 1:
+            plain = plain[:-2] + [torch.cat(plain[-2:])]
+        got = list(training.batches(n, size, torch.Generator().manual_seed(n)))
+        assert len(got) == len(plain) and all(torch.equal(a, b) for a, b in zip(got, plain)), (n, size)
+
+
+def test_training_cifar_autoencoder_trains_when_one_image_is_left_over():
+    # property: 3 colour images at batch size 2 train (no BatchNorm1d batch of one)
+    torch.manual_seed(0)
+    hist = ae.train_autoencoder(ae.build_autoencoder("cifar10", 16), torch.rand(3, 3, 32, 32), epochs=1,
+                                weight_decay=0.0, milestones=(), batch_size=2, verbose=False)
+    assert len(hist) == 1
+
+
+def _poison_after_each_step(monkeypatch):
+    """Adam's step, then the first trained tensor set to NaN: the weights break while the loss was finite."""
+    step = torch.optim.Adam.step
+
+    def poisoned(self, *args, **kwargs):
+        out = step(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].fill_(float("nan"))
+        return out
+    monkeypatch.setattr(torch.optim.Adam, "step", poisoned)
+
+
+@pytest.mark.parametrize("loop", ["pretrain ae", "pretrain rcae", "svdd", "ocnn z-only"])
+def test_training_loops_stop_on_nan_weights_before_the_checkpoint(loop, tmp_path, monkeypatch):
+    # property: weights that turn NaN in the epoch's last step (its loss still finite) raise Diverged naming the
+    # stage and the epoch, and no checkpoint of the broken state is written
+    torch.manual_seed(0)
+    x, model = torch.rand(4, 1, 28, 28), ae.build_autoencoder("mnist", 16)
+    phi = ae.encoder_copy(model)
+    checkpoint = training.Checkpoint(str(tmp_path / "checkpoint.pt"), seconds=0)
+    kw = dict(batch_size=200, verbose=False, checkpoint=checkpoint)
+    train = {"pretrain ae": lambda: ae.train_autoencoder(model, x, epochs=1, weight_decay=0.0, milestones=(), **kw),
+             "pretrain rcae": lambda: rcae.train_rcae(model, x, epochs_per_iter=1, outer_iters=1, weight_decay=0.0,
+                                                      milestones=(), **kw),
+             "svdd": lambda: svdd.train_svdd(phi, x, weight_decay=0.0, epochs=1, **kw),
+             "ocnn z-only": lambda: ocnn.train_ocnn(phi, x, epochs=1, hidden=4, **kw)}[loop]
+    _poison_after_each_step(monkeypatch)
+    with pytest.raises(training.Diverged, match=f"{loop}: .*epoch 1"):
+        train()
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_training_svdd_huge_learning_rate_raises_diverged():
+    # property: lr 1e10 on a tiny Deep SVDD run (finite but exploded weights) raises Diverged naming the stage
+    torch.manual_seed(0)
+    phi = ae.build_encoder("mnist", 16)
+    with pytest.raises(training.Diverged, match="svdd: .*learning rate"):
+        svdd.train_svdd(phi, torch.rand(8, 1, 28, 28), weight_decay=0.0, epochs=1, lr=1e10, verbose=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# data.py: file names, constant images, class names, download
+# ---------------------------------------------------------------------------------------------------
+
+def _png_bytes(array, mode="L"):
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _folder(root, classes, images, names=None):
+    """root/{train,test}/<class>/<name>.png for each class: images[k] (uint8 arrays) of class k."""
+    for split in ("train", "test"):
+        for c, imgs in zip(classes, images):
+            folder = os.path.join(os.fsencode(str(root)), split.encode(), c.encode())
+            os.makedirs(folder, exist_ok=True)
+            for i, img in enumerate(imgs):
+                name = names[i] if names else f"{i}.png".encode()
+                with open(os.path.join(folder, name), "wb") as f:
+                    f.write(_png_bytes(img))
+    return str(root)
+
+
+def test_data_fingerprint_takes_a_file_name_that_is_not_utf8(tmp_path):
+    # property: a folder holding the file b"\xff.png" (not UTF-8) is fingerprinted, and the name counts
+    img = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    a = _folder(tmp_path / "a", ["x", "y"], [[img], [img.T]], names=[b"\xff.png"])
+    b = _folder(tmp_path / "b", ["x", "y"], [[img], [img.T]], names=[b"\xfe.png"])
+    assert os.fsdecode(b"\xff.png") in os.listdir(os.path.join(a, "train", "x"))
+    fa, fb = data.fingerprint("folder", a), data.fingerprint("folder", b)
+    assert len(fa) == 16 and fa != fb
+
+
+def test_data_gcn_l1_maps_a_constant_image_to_exact_zeros():
+    # property: a constant image (whose mean rounds off the constant) maps to zeros, not to +-1
+    for value in (0.1, 0.3, 0.7, 7 / 255, 100 / 255):
+        for shape in ((1, 1, 28, 28), (1, 3, 32, 32)):
+            assert torch.equal(data.gcn_l1(torch.full(shape, value, dtype=torch.float64)),
+                               torch.zeros(shape, dtype=torch.float64)), (value, shape)
+
+
+@pytest.mark.parametrize("scaling", ["class", "image", "minmax"])
+def test_data_split_refuses_a_constant_training_set(tmp_path, scaling):
+    # property: a normal class whose training images are all one constant after preprocessing is a DataError
+    # (min-max scaling would divide by max - min = 0), not NaN or a silent run
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(20, 28, 28)).astype(np.uint8)
+    y = np.arange(20) % 2
+    x[y == 0] = 77  # class 0: every image the same constant grey
+    for train in (True, False):
+        _write_idx(str(tmp_path), train, x, y)
+    with pytest.raises(data.DataError, match="constant"):
+        data.one_class_split("mnist", 0, root=str(tmp_path), scaling=scaling)
+
+
+def test_data_folder_of_1x1_images_is_refused(tmp_path):
+    # property: 1x1 images (constant once resized) are a DataError under the default scaling, not a silent run
+    rng = np.random.default_rng(0)
+    imgs = [[rng.integers(0, 256, size=(1, 1)).astype(np.uint8) for _ in range(4)] for _ in range(2)]
+    root = _folder(tmp_path, ["a", "b"], imgs)
+    with pytest.raises(data.DataError, match="constant"):
+        data.one_class_split("folder", 0, root=root)
+
+
+def test_data_class_index_refuses_an_index_when_classes_are_words(tmp_path):
+    # property: with classes named in words, a name is taken and an index (3 or "3") is refused listing the
+    # names; with classes named 0..n-1 the number is the name and the index at once
+    words = _folder(tmp_path / "w", ["nine", "one", "three", "two"], [[np.zeros((2, 2), np.uint8)]] * 4)
+    assert data.class_index(words, "three") == 2
+    for bad in (3, "3"):
+        with pytest.raises(data.DataError, match="nine, one, three, two"):
+            data.class_index(words, bad)
+    digits = _folder(tmp_path / "d", ["0", "1", "2"], [[np.zeros((2, 2), np.uint8)]] * 3)
+    assert data.class_index(digits, 1) == 1 and data.class_index(digits, "2") == 2
+
+
+def test_data_download_failure_removes_its_folder_and_names_the_md5(tmp_path):
+    # property: a failed CIFAR-10 download leaves no folder behind, and the message names the file, the
+    # folder to put it in, and the MD5 to check a copy against
+    root = tmp_path / "root"
+    with _serve(handler=_CutHandler) as url, pytest.raises(data.DataError) as e:
+        data.download("cifar10", str(root), mirrors=[url])
+    (name, md5), = data.CIFAR_FILES.items()
+    msg = str(e.value)
+    assert name in msg and md5 in msg and os.path.join(str(root), "cifar10") in msg
+    assert not (root / "cifar10").exists() and not root.exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# What a run prints and saves holds: the faults a user found
+# ---------------------------------------------------------------------------------------------------
+
+def test_run_kde_threshold_flags_about_the_level_of_the_normal_test_images(tiny_root, tmp_path, capsys):
+    # property: the KDE's threshold comes from leave-one-out training scores, so it flags about --flag-rate of
+    # the normal test images (its in-sample scores flagged all of them), and the console says how many
+    m = run.main(["--data-root", tiny_root, "--out", str(tmp_path), "--objective", "kde", "--normal-class", "3"])
+    assert m["normal_test_flagged"] < 0.4 and m["train_flagged"] <= 0.1
+    assert f"{100 * m['normal_test_flagged']:.1f}% of the normal test images" in capsys.readouterr().out
+
+
+def _class_folder(root, names, n=12, seed=0):
+    """A greyscale folder data set, classes `names`, n train and n test images each, every class its own
+    brightness (learnable), as root/{train,test}/<name>/<i>.png."""
+    rng = np.random.default_rng(seed)
+    for split in ("train", "test"):
+        for k, name in enumerate(names):
+            for i in range(n):
+                img = np.clip(rng.normal(40 + 50 * k, 20, (28, 28)), 0, 255).astype(np.uint8)
+                _png(os.path.join(root, split, name, f"{i}.png"), img, "L")
+    return str(root)
+
+
+def test_score_py_needs_the_run_folder_alone(tmp_path, capsys):
+    # property: a finished folder run scores new images with the training folder moved away and its
+    # config.json edited by hand (model.pt alone is read), and gives them the run's own scores
+    root = _class_folder(tmp_path / "pngs", ["cat", "dog"])
+    run.main(["--dataset", "folder", "--data-root", root, "--out", str(tmp_path / "runs"), "--normal-class", "dog",
+              "--objective", "svdd"] + FAST)
+    (run_dir,) = (tmp_path / "runs").glob("*-folder-1-dog-ae+svdd")
+    shutil.copytree(os.path.join(root, "test"), tmp_path / "new")
+    shutil.move(root, tmp_path / "moved")
+    config = json.loads((run_dir / "config.json").read_text())
+    config.pop("network")
+    (run_dir / "config.json").write_text(json.dumps(dict(config, rep_dim=64)))
+    scores = score.main([str(run_dir), str(tmp_path / "new"), "--out", str(tmp_path / "scored.csv")])
+    _, s, _ = _scores_csv(run_dir)
+    assert np.allclose(sorted(scores), sorted(s), rtol=1e-5, atol=1e-7)
+
+
+def test_score_py_refuses_a_damaged_model_without_changing_it(tiny_root, tmp_path, capsys):
+    # property: a damaged model.pt is refused in one sentence (exit 2) and left where and as it is
+    run.main(["--data-root", tiny_root, "--out", str(tmp_path / "runs"), "--objective", "own"] + FAST)
+    (run_dir,) = (tmp_path / "runs").glob("*-mnist-0-*")
+    (run_dir / "model.pt").write_bytes(b"not a model")
+    _png(str(tmp_path / "new" / "0.png"), np.zeros((28, 28), np.uint8), "L")
+    with pytest.raises(SystemExit) as e:
+        score.main([str(run_dir), str(tmp_path / "new"), "--out", str(tmp_path / "scored.csv")])
+    assert e.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+    assert (run_dir / "model.pt").read_bytes() == b"not a model" and not list(run_dir.glob("*.corrupt"))
+
+
+@pytest.mark.parametrize("case", ["out is a folder", "read-only", "cuda"])
+def test_score_py_user_mistakes_exit_2_in_one_sentence(tiny_root, tmp_path, capsys, monkeypatch, case):
+    # property: --out a folder, --out on a read-only file system, --device cuda without CUDA: exit 2, one line
+    if case == "cuda" and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    run.main(["--data-root", tiny_root, "--out", str(tmp_path / "runs"), "--objective", "own"] + FAST)
+    (run_dir,) = (tmp_path / "runs").glob("*-mnist-0-*")
+    _png(str(tmp_path / "new" / "0.png"), np.zeros((28, 28), np.uint8), "L")
+    out = {"out is a folder": str(tmp_path / "new")}.get(case, str(tmp_path / "scored.csv"))
+    if case == "read-only":
+        monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only file system")))
+    with pytest.raises(SystemExit) as e:
+        score.main([str(run_dir), str(tmp_path / "new"), "--out", out] + (["--device", "cuda"] if case == "cuda" else []))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "disk" not in err, err
+
+
+def test_cli_a_closed_output_pipe_ends_in_one_line():
+    # property: `python run.py ... | head -1`: the reader leaves; one line on stderr, exit 1, no traceback
+    code = "import settings; settings.cli(lambda: [print('x' * 1000, flush=True) for _ in range(10 ** 6)])"
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.read(10)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait() == 1 and "pipe" in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
+def test_run_folder_classes_are_shown_by_their_names(tmp_path, capsys):
+    # property: a folder's class is named wherever its index is: the run folder, the console, config.json,
+    # metrics.json and a sweep's summary; a class named "all" is chosen by its name
+    root = _class_folder(tmp_path / "pngs", ["all", "dog"])
+    flags = ["--dataset", "folder", "--data-root", root, "--out", str(tmp_path / "runs"), "--objective", "kde"]
+    m = run.main(flags + ["--normal-class", "all"])
+    (run_dir,) = (tmp_path / "runs").glob("*-folder-0-all-pixels+kde")
+    assert m["normal_class_name"] == "all" and "class 0-all" in capsys.readouterr().out
+    assert json.loads((run_dir / "config.json").read_text())["normal_class_name"] == "all"
+    sweep.main(flags + ["--normal-class", "dog"])
+    (summary,) = (tmp_path / "runs").glob("sweep-*/summary.md")
+    assert "| 1-dog |" in summary.read_text()
+
+
+def test_run_batch_size_above_the_training_set_is_said(tiny_root, tmp_path, capsys):
+    # property: a batch larger than the training set (one step an epoch) gets a one-line warning
+    run.main(["--data-root", tiny_root, "--out", str(tmp_path), "--objective", "own", "--batch-size", "500"] + SHORT)
+    assert "warning: --batch-size 500 is above the 30 training images" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags,stage", [(["--ae-lr", "1e10"], "ae"), (["--svdd-lr", "1e10"], "svdd")])
+def test_run_divergence_stops_the_stage_and_caches_nothing(tiny_root, tmp_path, capsys, flags, stage):
+    # property: a stage whose weights blow up stops there, named, exit 1; no cache entry, no finished run
+    with pytest.raises(SystemExit) as e:
+        run.main(["--data-root", tiny_root, "--out", str(tmp_path)] + FAST + flags)
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.count("\n") == 1 and stage in err, err
+    if stage == "ae":
+        assert not list((tmp_path / "cache").glob("*-class0.pt"))
+    assert not list(tmp_path.glob("*/metrics.json"))
+
+
+def test_run_non_finite_scores_never_finish_a_run(tiny_root, tmp_path, capsys):
+    # property: an OC-SVM gamma so large that every kernel value underflows: one line, no metrics.json
+    with pytest.raises(SystemExit) as e:
+        run.main(["--data-root", tiny_root, "--out", str(tmp_path), "--objective", "ocsvm", "--ocsvm-gamma", "1e300"])
+    assert e.value.code in (1, 2) and capsys.readouterr().err.count("\n") == 1
+    assert not list(tmp_path.glob("*/metrics.json"))
+
+
+@pytest.mark.slow
 def test_run_cifar10_jpeg_folder_layout_scores_as_the_batches(tmp_path, convert):
     # property (end to end, real data): JPEGs of the CIFAR-10 copy in its own train/<class>/ test/<class>/
     # layout, read as a folder data set, give the AUROC that the batch loader gives for the same images (the
@@ -2370,6 +2879,7 @@ def test_run_ocsvm_that_does_not_converge_says_so(tiny_root, tmp_path, monkeypat
     assert e.value.code == 2 and "did not converge" in err and err.count("\n") == 1, err
 
 
+@pytest.mark.slow
 def test_run_killed_twice_resumes_to_the_same_weights_and_auroc(tiny_root, tmp_path):
     # property: a run killed in pretraining and again in Deep SVDD, started again with the same command each
     # time, ends with the weights, scores and AUROC of an uninterrupted run, leaves no checkpoint behind, and
@@ -2383,7 +2893,7 @@ def test_run_killed_twice_resumes_to_the_same_weights_and_auroc(tiny_root, tmp_p
                                              env=env, capture_output=True, text=True)
     call(0, tmp_path / "whole")                                     # 30 images: 2 batches per epoch
     assert call(7, tmp_path / "cut").returncode == -9               # in AE epoch 4
-    assert list((tmp_path / "cut" / "ae-cache").glob("*-partial.pt"))
+    assert list((tmp_path / "cut" / "cache").glob("*-partial.pt"))
     assert call(11, tmp_path / "cut").returncode == -9              # AE epochs 4-6, then in Deep SVDD epoch 3
     (run_dir,) = (tmp_path / "cut").glob("*-mnist-3-ae+svdd")
     assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "metrics.json").exists()
@@ -2399,6 +2909,7 @@ def test_run_killed_twice_resumes_to_the_same_weights_and_auroc(tiny_root, tmp_p
     assert not list((tmp_path / "cut").rglob("*checkpoint.pt")) + list((tmp_path / "cut").rglob("*-partial.pt"))
 
 
+@pytest.mark.slow
 def test_sweep_jobs_give_the_summary_of_one_job(tiny_root, tmp_path):
     # property: --jobs 2 runs a sweep's (class, seed) pairs in two processes, each in its own folder, and
     # writes the summary one job writes (the seconds aside)
@@ -2415,7 +2926,7 @@ def test_sweep_jobs_give_the_summary_of_one_job(tiny_root, tmp_path):
 def test_run_missing_data_without_network_says_where(tmp_path, monkeypatch, capsys):
     # property: missing data and a failed download end in a clear message and exit status 1
     def no_network(name, root):
-        raise run.data.DataError(f"could not download {name}: no network; put the files in {root}/mnist/")
+        raise data.DataError(f"could not download {name}: no network; put the files in {root}/mnist/")
     monkeypatch.setattr(run.data, "download", no_network)
     with pytest.raises(SystemExit) as e:
         run.main(["--data-root", str(tmp_path / "empty"), "--out", str(tmp_path)] + FAST)
@@ -2432,7 +2943,9 @@ def test_run_nan_loss_names_stage_and_epoch(tiny_root, tmp_path, monkeypatch, ca
     assert not list(tmp_path.glob("*/metrics.json"))                 # no result passed off as whole
 
 
-# ==================== the CUDA path (a GPU machine only)
+# ---------------------------------------------------------------------------------------------------
+# The CUDA path (a GPU machine only)
+# ---------------------------------------------------------------------------------------------------
 # These skip on a machine without a CUDA device; `bash .ci/gpu-check` runs them, with bench.py, on one.
 # Tolerances allow for TF32, which PyTorch uses for convolutions on recent GPUs by default.
 
@@ -2456,7 +2969,7 @@ def test_cuda_same_weights_same_codes_and_scores_as_cpu(dataset):
 
 
 @needs_cuda
-@pytest.mark.parametrize("flags", [["--objective", "ocnn", "--joint"],
+@pytest.mark.parametrize("flags", [["--objective", "ocnn-joint"],
                                    ["--objective", "svdd", "--pretrain", "rcae", "--rcae-iters", "2",
                                     "--pollution-rate", "0.1"]])
 def test_cuda_run_end_to_end_close_to_cpu(tiny_root, tmp_path, flags):
@@ -2469,7 +2982,9 @@ def test_cuda_run_end_to_end_close_to_cpu(tiny_root, tmp_path, flags):
     assert abs(m_gpu["auroc"] - m_cpu["auroc"]) < 0.02
 
 
-# ==================== EXERCISES.md checks and the ablations
+# ---------------------------------------------------------------------------------------------------
+# EXERCISES.md checks and the ablations
+# ---------------------------------------------------------------------------------------------------
 
 def test_exercise_collapse_bias_in_last_layer():
     # property (Deep SVDD Prop. 2): with a bias in phi's last layer, W = 0 and b = c is a perfect optimum
@@ -2602,7 +3117,7 @@ def test_ablations_every_variant_parses_and_shared_runs_share_folders():
         for series, x, flags in variants:
             cfg, classes, seeds, _ = sweep.parse(ablations.variant_argv("mnist", flags, question))
             assert classes == ([0, 1, 2] if question in ablations.OWN_BASES else [0, 2, 5]) and seeds == [0, 1, 2]
-            folders[(question, series, x)] = sweep.sweep_folder(cfg, run.data_identity(cfg))
+            folders[(question, series, x)] = sweep.sweep_folder(cfg, _data_id(cfg))
     shared = [(("objective", "same AE", "OC-NN joint (50 ep)"), ("encoder-lr", "OC-NN plain, 50 epochs", 1e-5)),
               (("objective", "same AE", "OC-NN z-only"), ("nu", "OC-NN z-only plain", 0.01)),
               (("objective", "same AE", "OC-NN joint, defaults (50 ep)"),

@@ -1,44 +1,43 @@
-"""Training and saving plumbing shared by every stage (ae.py, rcae.py, svdd.py, ocnn.py, run.py): no method here.
+"""Training plumbing shared by every stage (ae.py, rcae.py, svdd.py, ocnn.py): no method here.
 
   batches(n, batch_size, generator)   the mini-batches of an epoch: index slices of a seeded permutation
   adam_with_milestones(...)           Adam + lr x0.1 after each milestone epoch, as the reference code
   check_finite(loss, stage, epoch)    stop with a clear message when a loss becomes NaN or infinite
+  check_diverged(...), weight_norm    ... or a weight does, or the weights blow up (raise Diverged)
   print_epoch(stage, record, epochs)  the one progress line per epoch
   Checkpoint                          save a training loop's state at epoch ends and resume from it
-  save_torch, write_json              every file written whole or not at all (a temporary name, then rename)
-  load_torch, read_json               a saved file read back; a corrupt one is moved aside, said in one line
-  Lock                                one process at a time in a run folder or on a cache entry
-  Clock                               the wall seconds a run costs, over every process that worked on it
 
 Why checkpoints: a CIFAR-10 run at the reference schedule takes over an hour on a small CPU. A loop saves
 its whole state (weights, optimiser, lr schedule, the batch order's generator, history and the stage's own
 quantities such as RCAE's N or OC-NN's r) at the end of an epoch, atomically, at most every `seconds`;
 started again, the loop restores it and continues from the next epoch. Training is deterministic given
 that state, so a resumed run ends with the same weights as an uninterrupted one (a test kills a run and
-checks it).
+checks it). Where the files go: folders.py.
 
 Read next: ae.py, the first training loop that uses these.
 """
-import contextlib
-import json
 import math
 import os
 import time
-import warnings
 
+import numpy as np
 import torch
 
-try:
-    import fcntl                                                      # POSIX advisory locks (Lock)
-except ImportError:                                                   # Windows: nothing is locked
-    fcntl = None
+import folders
 
 
 def batches(n, batch_size, generator):
-    """Yield int64 index tensors: a torch.randperm(n) from a CPU generator, cut into batch_size chunks."""
+    """Yield int64 index tensors: a torch.randperm(n) from a CPU generator, cut into batch_size chunks.
+
+    The last chunk may be shorter; a last chunk of ONE index joins the chunk before it (201 images at 200: one
+    batch of 201), since BatchNorm cannot train on a batch of one image. Every other n gives plain slices.
+    """
     perm = torch.randperm(n, generator=generator)  # (n,) on the CPU; index any device's tensors with it
-    for start in range(0, n, batch_size):
-        yield perm[start:start + batch_size]       # the last chunk may be shorter
+    starts = list(range(0, n, batch_size))
+    if batch_size > 1 and len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()                               # a lone last index joins the batch before it
+    for start, stop in zip(starts, starts[1:] + [n]):
+        yield perm[start:stop]
 
 
 def adam_with_milestones(params, lr, weight_decay, milestones):
@@ -48,14 +47,48 @@ def adam_with_milestones(params, lr, weight_decay, milestones):
     return optimizer, scheduler
 
 
-class NonFiniteLoss(RuntimeError):
-    """A loss became NaN or infinite: training stops and says where."""
+class Diverged(RuntimeError):
+    """Training went wrong: the loss or a weight became NaN or infinite, or the weights blew up; says where."""
 
 
 def check_finite(loss, stage, epoch):
+    """The epoch's loss, or Diverged where it is NaN or infinite."""
     if not math.isfinite(loss):
-        raise NonFiniteLoss(f"{stage}: the loss became {loss} at epoch {epoch}; "
-                            f"try a smaller learning rate or check the input data")
+        raise Diverged(f"{stage}: the loss became {loss} at epoch {epoch}; "
+                       f"try a smaller learning rate or check the input data")
+    return loss
+
+
+GROWTH = 1e4  # the weights' norm may grow this many times over its start (at least 1) before we call it diverged
+
+
+def weight_norm(*modules):
+    """||theta||_2 over every parameter of the modules, a float: the yardstick of `check_diverged`."""
+    return math.sqrt(float(sum(p.detach().double().pow(2).sum() for m in modules for p in m.parameters())))
+
+
+def check_diverged(loss, stage, epoch, modules, norm_0):
+    """After each epoch, BEFORE the checkpoint is saved: the epoch's loss, or Diverged naming stage and epoch.
+
+    Three checks: the loss is finite (check_finite); every weight and buffer (BatchNorm's running statistics)
+    of the trained modules is finite (a last step can break them while the loss it followed was finite); and
+    the weights' norm is at most GROWTH * max(norm_0, 1), norm_0 = weight_norm(*modules) before the first
+    epoch. Adam moves each weight by about lr per step, so at a working lr the norm stays near its start
+    (MNIST, --settings port, every stage: 0.99 to 1.01 times it; --ae-lr 0.1, 1000x the default: 13x after 2
+    epochs), while --svdd-lr 1e10 multiplied it by 7e11 in the first epoch. The loss is no yardstick: an
+    autoencoder's is bounded (sigmoid outputs) and OC-NN's can be negative.
+    """
+    check_finite(loss, stage, epoch)
+    tensors = [(n, t) for m in modules for n, t in [*m.named_parameters(), *m.named_buffers()]
+               if t.is_floating_point()]
+    if tensors and not bool(torch.stack([torch.isfinite(t).all() for _, t in tensors]).all()):
+        name = next(n for n, t in tensors if not bool(torch.isfinite(t).all()))
+        raise Diverged(f"{stage}: the weights ({name}) became NaN or infinite at epoch {epoch} while the loss "
+                       f"was still {loss:.4g}: training diverged; try a smaller learning rate")
+    norm = weight_norm(*modules)
+    if norm > GROWTH * max(norm_0, 1.0):
+        raise Diverged(f"{stage}: the weights' norm grew from {norm_0:.3g} to {norm:.3g} by epoch {epoch} "
+                       f"(loss {loss:.4g}): training diverged; try a smaller learning rate")
     return loss
 
 
@@ -71,7 +104,7 @@ class Checkpoint:
 
     parts: named objects with state_dict() / load_state_dict() (modules, optimisers, schedulers) or a
     torch.Generator (get_state / set_state). extra: the loop's own values (tensors, numbers). A save is
-    written whole (save_torch); `seconds` is the least time between two saves (0: every epoch); the last
+    written whole (folders.save_torch); `seconds` is the least time between two saves (0: every epoch); the last
     epoch of a stage is always saved. clock: a Clock, told at every epoch end (the run's seconds).
     """
 
@@ -80,7 +113,7 @@ class Checkpoint:
 
     def restore(self, **parts):
         """Load the saved state into parts; returns (history, extra), or ([], None) when nothing is saved."""
-        saved = load_torch(self.path, "checkpoint", "the stage starts from its first epoch")
+        saved = folders.load_torch(self.path, "checkpoint", "the stage starts from its first epoch")
         if saved is None:
             return [], None
         for name, part in parts.items():
@@ -99,7 +132,7 @@ class Checkpoint:
             return
         state = {name: part.get_state() if isinstance(part, torch.Generator) else part.state_dict()
                  for name, part in parts.items()}
-        save_torch({"parts": state, "history": history, "extra": extra}, self.path)
+        folders.save_torch({"parts": state, "history": history, "extra": extra}, self.path)
         self.last = time.monotonic()
 
     def remove(self):
@@ -121,126 +154,37 @@ class NoCheckpoint:
         pass
 
 
-# ---------------------------------------------------------------------------------------------------
-# Saved files: whole or absent, checked when read back, one process at a time
-# ---------------------------------------------------------------------------------------------------
-
-class SaveError(Exception):
-    """A file could not be written (a full disk, a read-only folder): the message names it."""
-
-
-def write_whole(path, write):
-    """write(tmp), then rename tmp over path: a reader sees the old file or the new one, never half of one.
-    A failed write (a full disk) removes the temporary file and raises SaveError naming `path`."""
-    tmp = f"{path}.{os.getpid()}.tmp"                                 # one per process: no two writers share it
-    try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        write(tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:                              # torch.save reports ENOSPC as RuntimeError
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise SaveError(f"could not write {path} ({getattr(e, 'strerror', None) or e}); free some disk space "
-                        f"or make the folder writable, then run the same command again: it resumes from the "
-                        f"last saved state") from None
-
-
-def save_torch(obj, path):
-    """torch.save(obj, path), written whole or not at all."""
-    write_whole(path, lambda tmp: torch.save(obj, tmp))
+def train_loop(stage, model, epochs, one_epoch, *, lr, weight_decay, milestones, seed, verbose, checkpoint,
+               name="model"):
+    """The loop of a stage that trains one module on one loss (ae.py, geom.py): Adam with milestones, a
+    seeded batch order, the resume from `checkpoint` (its part `name`), the divergence check before each save,
+    one line per epoch. one_epoch(optimizer, generator) runs an epoch and returns its mean loss. Returns the
+    history [{epoch, loss, lr, seconds}, ...]."""
+    optimizer, scheduler = adam_with_milestones(model.parameters(), lr, weight_decay, milestones)
+    generator = torch.Generator().manual_seed(seed)
+    state = {name: model, "optimizer": optimizer, "scheduler": scheduler, "generator": generator}
+    checkpoint = checkpoint or NoCheckpoint()
+    history, _ = checkpoint.restore(**state)
+    norm_0 = weight_norm(model)                                       # the divergence check's yardstick
+    for epoch in range(len(history) + 1, epochs + 1):
+        start = time.perf_counter()
+        loss = one_epoch(optimizer, generator)
+        record = {"epoch": epoch, "loss": check_diverged(loss, stage, epoch, [model], norm_0),
+                  "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
+        scheduler.step()
+        history.append(record)
+        checkpoint.save(history, epochs, **state)
+        if verbose:
+            print_epoch(stage, record, epochs)
+    return history
 
 
-def write_json(path, obj):
-    """JSON to path, written whole or not at all."""
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-    write_whole(path, write)
+def seed_all(seed):
+    """One seed for torch and numpy: the weights' start, the pollution draw (data.py draws its own)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
 
 
-def _set_aside(path, what, then, error):
-    """Rename a corrupt file to <path>.corrupt and say so in one line; the caller carries on without it."""
-    os.replace(path, path + ".corrupt")
-    print(f"warning: the {what} {path} is unreadable ({error}); moved aside to {path}.corrupt, {then}",
-          flush=True)
-
-
-def load_torch(path, what, then):
-    """torch.load(path, weights_only=True), or None where the file is absent or corrupt (moved aside, said).
-
-    weights_only: tensors, numbers, strings and containers only, so a tampered file cannot run code; a file
-    that needs more is treated as corrupt, never loaded unsafely. then: what happens instead (the message).
-    """
-    if not os.path.exists(path):
-        return None
-    try:
-        with warnings.catch_warnings():                               # torch's own notes on a foreign pickle
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:                                            # cut off, garbled, or not a torch file
-        _set_aside(path, what, then, type(e).__name__)
-        return None
-
-
-def read_json(path, what, then):
-    """json.load(path), or None where the file is absent or corrupt (moved aside, said in one line)."""
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:                                # ValueError: cut-off or garbled JSON
-        _set_aside(path, what, then, type(e).__name__)
-        return None
-
-
-class Busy(Exception):
-    """Another process holds the lock."""
-
-
-class Lock:
-    """An advisory lock on the file `path` (fcntl.flock), held while a process trains in a run folder or
-    pretrains a cache entry. The operating system drops it when the process ends, kill -9 included, so no
-    stale lock is left behind. wait=False: raise Busy at once when another process holds it; wait=True:
-    say so in one line and wait for it. Where fcntl is missing (Windows) nothing is locked.
-    """
-
-    def __init__(self, path, wait=False):
-        self.path, self.wait, self.file = path, wait, None
-
-    def __enter__(self):
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        self.file = open(self.path, "a")                              # the lock file itself stays
-        if fcntl is None:
-            return self
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not self.wait:
-                self.file.close()
-                raise Busy(self.path) from None
-            print(f"waiting for the other process that holds {self.path}", flush=True)
-            fcntl.flock(self.file, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        self.file.close()                                             # closing the file releases the lock
-
-
-class Clock:
-    """The wall seconds a run has cost, summed over every process that worked on it.
-
-    <path> holds the total up to the last epoch end of the processes before this one (note() writes it;
-    every Checkpoint given this clock calls it at each epoch end); total() adds this process's time.
-    """
-
-    def __init__(self, path):
-        self.path, self.start = path, time.perf_counter()
-        saved = read_json(path, "run time record", "counting from 0 s")
-        self.before = float(saved.get("seconds", 0.0)) if isinstance(saved, dict) else 0.0
-
-    def total(self):
-        return self.before + time.perf_counter() - self.start
-
-    def note(self):
-        write_json(self.path, {"seconds": self.total()})
+def banner(text):
+    """The line that opens a stage on the console."""
+    print(f"\n=== {text} ===", flush=True)

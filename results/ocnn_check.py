@@ -35,12 +35,14 @@ import ablations  # noqa: E402  (the joint runs are the ablation's)
 import ae  # noqa: E402
 import evaluate  # noqa: E402
 import ocnn  # noqa: E402
+import folders as folders_  # noqa: E402  (`folders` below: a list of run folders)
 import run  # noqa: E402
+import settings  # noqa: E402
 import sweep  # noqa: E402
 
 PLAIN = ablations.with_plain_nu(ablations.PLAIN_OCNN, "mnist")              # what those runs were measured with
 REGIMES = [["--objective", "ocnn"] + PLAIN,                                  # z-only
-           ["--objective", "ocnn", "--joint"] + PLAIN,                       # joint, 250 epochs
+           ["--objective", "ocnn-joint"] + PLAIN,                       # joint, 250 epochs
            ablations.OCNN_JOINT + PLAIN]                                     # joint, 50 epochs
 
 
@@ -54,7 +56,7 @@ def check(run_dir, cfg):
     phi.load_state_dict(saved["phi"])
     head = ocnn.OCNN(cfg.rep_dim, cfg.ocnn_hidden, cfg.ocnn_activation, cfg.ocnn_normalize)
     head.load_state_dict(saved["head"])
-    d = run.load_data(cfg, "cpu")
+    d, _ = run.load_data(cfg, "cpu")
     z_train, z_test = ae.encode(phi, d.x_train), ae.encode(phi, d.x_test)   # eval mode
     norm = z_test.norm(dim=1)                                                # (N_test,) ||phi(x)||
     if cfg.ocnn_normalize:                                                   # the codes the head sees
@@ -95,15 +97,16 @@ def main(folders):
     print("|---|---|---|---|---|---|---|---|---|---|")
     if folders in ([], ["repro"]):                                          # the runs of a study
         os.chdir(ROOT)
-        folders = [os.path.join(ROOT, sweep.run_folder(cfg, run.data_identity(cfg), k, s))
+        folders = [os.path.join(ROOT, sweep.run_folder(cfg, folders_.data_identity(cfg.dataset, cfg.data_root), k, s))
                    for cfg, classes, seeds, _ in study(folders) for k in classes for s in seeds]
         folders = [f for f in folders if os.path.exists(os.path.join(f, "metrics.json"))]
     for folder in folders:
         path = os.path.join(folder, "config.json")
         saved = json.load(open(path)) if os.path.exists(path) else {}
         saved = {"ocnn_normalize": False, "ocnn_clip": 0.0, **saved}          # runs from before these options
-        fields = {f.name for f in dataclasses.fields(run.Config)}                # not the data's identity
-        cfg = run.Config(**{k: v for k, v in saved.items() if k in fields}) if saved.get("objective") == "ocnn" \
+        fields = {f.name for f in dataclasses.fields(settings.Config)}           # not the data's identity
+        cfg = settings.Config(**{k: v for k, v in saved.items() if k in fields}) \
+            if saved.get("objective") in ("ocnn", "ocnn-joint") \
             else None
         res = check(folder, cfg) if cfg is not None else None
         if res is None:

@@ -4,12 +4,13 @@
     python results/shallow_mnist.py 0 1 2 --gammas  # also OC-SVM at each label-free gamma rule and the grid
     python results/shallow_mnist.py 0 --holdout 3   # also the paper code's gamma search on test labels, seeds 0-2
 
-Protocol (PAPERS.md section 10, the MNIST KDE / OC-SVM scripts of the paper's code, without its cut to a
-multiple of 200): pixels / 255, no GCN; PCA keeping 95 % of the variance, fitted on the normal digit's
-training images; test = the 10,000 official test images, label 1 = any other digit. KDE: bandwidth by
-5-fold CV over shallow.KDE_BANDWIDTHS. OC-SVM: nu 0.1. IF: 100 trees, psi 256, seed 0 (on the same PCA
-codes; the paper's IF script used GCN instead). Seconds are wall time with the torch threads the machine
-has (set OMP_NUM_THREADS=1 for one); nothing else should run meanwhile.
+Protocol (the MNIST KDE / OC-SVM scripts of the paper's code, lukasruff/Deep-SVDD src/scripts/mnist_kde.sh and
+mnist_ocsvm.sh, which pass no --gcn; without its cut of the training set to a multiple of 200): pixels / 255,
+no GCN; PCA keeping 95 % of the variance, fitted on the normal digit's training images; test = the 10,000
+official test images, label 1 = any other digit. KDE: bandwidth by 5-fold CV over shallow.KDE_BANDWIDTHS.
+OC-SVM: nu 0.1. IF: 100 trees, psi 256, seed 0 (on the same PCA codes; the paper's IF script used GCN
+instead). Seconds are wall time with the torch threads the machine has (set OMP_NUM_THREADS=1 for one);
+nothing else should run meanwhile.
 """
 import argparse
 import os

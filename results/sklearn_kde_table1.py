@@ -3,12 +3,13 @@
     <env>/bin/python results/sklearn_kde_table1.py [digits ...]      # the venv of sklearn_shallow.py
     <env>/bin/python results/sklearn_kde_table1.py --no-pca 2         # the 784 pixels themselves
 
-For each MNIST digit, the Deep SVDD code's KDE pipeline (PAPERS.md, section 10): pixels / 255, no GCN,
-PCA 95 % fitted on the training images (shallow.pca_fit, as sklearn's PCA(0.95) up to ties), the bandwidth
-by GridSearchCV(cv=5) over logspace(-4.5, 5, 20, base=2) on the total held-out log-likelihood, score =
--log density of the 10,000 test images. The same inputs then go through shallow.py's exact KDE at the
-bandwidth each code chose. Prints, per digit, both bandwidths and AUROCs (%), and the mean; Table 1's KDE
-column beside it. scikit-learn is never a dependency of the project: this script runs in its own venv.
+For each MNIST digit, the Deep SVDD code's KDE pipeline (lukasruff/Deep-SVDD, src/kde.py run by
+src/scripts/mnist_kde.sh, which passes no --gcn): pixels / 255, no GCN, PCA 95 % fitted on the training images
+(shallow.pca_fit, as sklearn's PCA(0.95) up to ties), the bandwidth by GridSearchCV(cv=5) over
+logspace(-4.5, 5, 20, base=2) on the total held-out log-likelihood, score = -log density of the 10,000 test
+images. The same inputs then go through shallow.py's exact KDE at the bandwidth each code chose. Prints, per
+digit, both bandwidths and AUROCs (%), and the mean; Table 1's KDE column beside it. scikit-learn is never a
+dependency of the project: this script runs in its own venv.
 """
 import os
 import sys

@@ -26,7 +26,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
-import run  # noqa: E402  (the repository's run.py and sweep.py)
+import folders  # noqa: E402  (the repository's folders.py and sweep.py)
 import sweep  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -137,6 +137,7 @@ QUESTIONS = {
 def variant_argv(dataset, flags, question=None):
     """The sweep.py flags of one variant: the base (classes, seeds, output folder), the variant's own, then the
     dataset's overrides (argparse: the last value of a flag wins)."""
+    flags = one_name(flags)
     if question in OWN_BASES:
         if dataset != "mnist":
             sys.exit(f"{question}: MNIST only")
@@ -147,13 +148,23 @@ def variant_argv(dataset, flags, question=None):
             [str(s) for s in b["seeds"]] + ["--quiet"] + flags + b.get("after", []))
 
 
+def one_name(flags):
+    """The variants' flags as written when OC-NN joint was --objective ocnn --joint and the DCAE --objective ae:
+    in today's names, --objective ocnn-joint and --objective own."""
+    flags = list(flags)
+    if "--joint" in flags:
+        flags.remove("--joint")
+        flags += ["--objective", "ocnn-joint"]                        # the last --objective wins
+    return ["own" if f == "ae" and i and flags[i - 1] == "--objective" else f for i, f in enumerate(flags)]
+
+
 def beyond_fractions(run_dir, cfg):
     """(training fraction beyond R / below r at the last epoch, the same fraction on the normal test images).
 
     Beyond = strictly outside the sphere (soft-boundary SVDD, score d^2 - R^2 > 0) or strictly below the
     hyperplane (OC-NN, score r - y_hat > 0); the nu-property bounds the training fraction by nu.
     """
-    if cfg.objective not in ("soft-svdd", "ocnn"):
+    if cfg.objective not in ("soft-svdd", "ocnn", "ocnn-joint"):
         return None, None
     with open(os.path.join(run_dir, "history.json")) as f:
         last = json.load(f)[cfg.objective][-1]
@@ -169,7 +180,7 @@ def collect(question, dataset):
     rows, missing = [], 0
     for series, x, flags in variants:
         cfg, classes, seeds, _ = sweep.parse(variant_argv(dataset, flags, question))
-        data_id = run.data_identity(cfg)
+        data_id = folders.data_identity(cfg.dataset, cfg.data_root)
         for k in classes:
             for s in seeds:
                 run_dir = os.path.join(ROOT, sweep.run_folder(cfg, data_id, k, s))
