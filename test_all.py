@@ -1939,6 +1939,20 @@ def test_run_ae_cache_keyed_on_the_scaling_and_the_pretraining_only(tmp_path):
     assert path() == path("--rcae-lambda", "0.2")                    # the plain autoencoder has no lambda
 
 
+def test_run_geom_cache_keyed_on_every_setting_of_transformation_prediction(tmp_path):
+    # property: each setting of the transformation prediction moves its cache entry; the autoencoders'
+    # settings and the objective's do not (every objective shares one trained predictor)
+    def path(*flags):
+        cfg = settings.parse_config(["--out", str(tmp_path), "--pretrain", "geom", *flags])
+        return folders.cache_path(cfg.out, cfg.dataset, cfg.pretrain, cfg.normal_class,
+                                  settings.used_settings(cfg, stage1_only=True), _data_id(cfg))
+    changed = [["--geom-transforms", "rot"], ["--geom-epochs", "3"], ["--geom-lr", "0.01"],
+               ["--geom-weight-decay", "0"], ["--geom-milestones", "2"], ["--rep-dim", "64"], ["--no-bn-affine"],
+               ["--batch-size", "64"], ["--seed", "1"], ["--normal-class", "2"]]
+    assert len({path(), *(path(*flags) for flags in changed)}) == len(changed) + 1
+    assert path() == path("--ae-epochs", "3", "--ae-init", "dict") == path("--objective", "kde", "--features", "codes")
+
+
 def test_run_ocnn_defaults_and_the_plain_objective_one_flag_away():
     # property: the OC-NN defaults are unit codes with clipping 0.5; --no-ocnn-normalize alone gives the
     # paper's plain objective (raw codes, no clipping); an explicit --ocnn-clip wins in both cases
@@ -2373,7 +2387,7 @@ def test_run_folder_bad_input_one_sentence_exit_2(tmp_path, capsys, argv, messag
 # geom.py: the transformations, the network, the own score
 # ---------------------------------------------------------------------------------------------------
 
-def test_four_quarter_turns_are_the_identity():
+def test_geom_four_quarter_turns_are_the_identity():
     # property: T_1 applied four times gives the image back, exactly
     x = torch.rand(3, 2, 9, 9)
     y = x
@@ -2383,7 +2397,7 @@ def test_four_quarter_turns_are_the_identity():
 
 
 @pytest.mark.parametrize("name", ["rot", "rot-flip", "geom"])
-def test_kth_copy_carries_label_k_and_equals_transform(name):
+def test_geom_kth_copy_carries_label_k_and_equals_transform(name):
     # property: in transform_batch, the k-th block of B images is transform(x, k) and carries label k
     x = torch.rand(3, 1, 12, 12)
     images, labels = geom.transform_batch(x, name)
@@ -2394,7 +2408,7 @@ def test_kth_copy_carries_label_k_and_equals_transform(name):
         assert labels[3 * k:3 * k + 3].tolist() == [k, k, k]
 
 
-def test_transform_each_applies_the_drawn_transformation_per_image():
+def test_geom_transform_each_applies_the_drawn_transformation_per_image():
     # property: transform_each(x, labels) row i equals transform(x_i, labels_i)
     x, labels = torch.rand(5, 1, 10, 10), torch.tensor([0, 71, 5, 5, 40])
     out = geom.transform_each(x, labels, "geom")
@@ -2402,7 +2416,7 @@ def test_transform_each_applies_the_drawn_transformation_per_image():
         assert torch.equal(out[i:i + 1], geom.transform(x[i:i + 1], k, "geom"))
 
 
-def test_shift_keeps_the_size_and_moves_interior_content_by_8():
+def test_geom_shift_keeps_the_size_and_moves_interior_content_by_8():
     # property: out[i, j] = x[i + dy, j + dx] inside the image; the shape is unchanged
     x = torch.rand(2, 3, 28, 28)
     out = geom.shift(x, 8, -8)
@@ -2410,7 +2424,7 @@ def test_shift_keeps_the_size_and_moves_interior_content_by_8():
     assert torch.equal(out[..., 5, 12], x[..., 13, 4])
 
 
-def test_shift_border_is_scipys_half_sample_reflection():
+def test_geom_shift_border_is_scipys_half_sample_reflection():
     # property: a shift of 2 on [0 1 2 3 4] gives [2 3 4 4 3] (scipy.ndimage 'reflect', GEOM's Keras border)
     x = torch.arange(5.0).view(1, 1, 1, 5)
     assert geom.shift(x, 0, 2).flatten().tolist() == [2, 3, 4, 4, 3]
@@ -2418,7 +2432,7 @@ def test_shift_border_is_scipys_half_sample_reflection():
 
 
 @pytest.mark.parametrize("name,K", [("rot", 4), ("rot-flip", 8), ("geom", 72)])
-def test_sets_have_K_distinct_transformations(name, K):
+def test_geom_sets_have_K_distinct_transformations(name, K):
     # property: no two transformations of a set give the same random image
     x = torch.rand(1, 1, 28, 28)
     assert len(geom.TRANSFORMS[name]) == K
@@ -2427,7 +2441,7 @@ def test_sets_have_K_distinct_transformations(name, K):
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
-def test_encoder_has_no_bias_and_loads_into_phi(dataset):
+def test_geom_encoder_has_no_bias_and_loads_into_phi(dataset):
     # property: Deep SVDD's Prop. 2 holds for the encoder (no bias anywhere); its state dict loads into phi
     model = geom.build_geom(dataset, "rot")
     assert not any("bias" in n for n, _ in model.encoder.named_parameters())
@@ -2448,12 +2462,12 @@ def _tiny_run(seed):
     return geom.geom_scores(model, x[:16], "rot-flip")
 
 
-def test_same_seed_same_scores():
+def test_geom_same_seed_same_scores():
     # property: training and scoring are deterministic given the seed
     assert torch.equal(_tiny_run(0), _tiny_run(0))
 
 
-def test_resumed_training_equals_uninterrupted(tmp_path):
+def test_geom_resumed_training_equals_uninterrupted(tmp_path):
     # property: 1 epoch, a checkpoint, 1 more epoch ends with the same weights as 2 epochs at once
     import training
     x = torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(2))
@@ -2472,7 +2486,7 @@ def test_resumed_training_equals_uninterrupted(tmp_path):
         assert torch.equal(p, q), name
 
 
-def test_own_score_is_higher_for_another_digit():
+def test_geom_own_score_is_higher_for_another_digit():
     # property: trained on upright 7s, the score is higher on 0s (nearly half-turn symmetric) than on held-out 7s
     if not os.path.isdir(os.path.join(HERE, "data", "mnist")):
         pytest.skip("MNIST not found under data/mnist")
@@ -3141,6 +3155,20 @@ def test_ablations_report_keeps_recorded_rows_of_variants_not_rerun(tmp_path):
     kept = ablations.kept_rows("nu", str(path), fresh)
     assert kept == [{"series": "OC-NN z-only plain", "x": 0.05, "normal_class": 2, "n_seeds": 3, "seeds": "0 1 2",
                      "auroc_mean": 61.5, "auroc_std": 4.0, "seconds_mean": 9.0}]
+
+
+def test_exercise_geom_a_half_turn_symmetric_image_has_a_score_floor():
+    # property: if T_2(x) = x (x looks the same turned by 180 degrees), the network sees the same input for
+    # labels 0 and 2 (and 1 and 3), so p(0 | x) + p(2 | x) <= 1 and s(x) >= 2 log 4, whatever it learnt;
+    # an image without the symmetry has no floor (a trained network drives its score towards 0)
+    torch.manual_seed(0)
+    model = geom.build_geom("mnist", "rot")
+    x = _images(8)
+    symmetric = (x + torch.rot90(x, 2, dims=(2, 3))) / 2                 # T_2(x) = x exactly
+    geom.train_geom(model, x, transforms="rot", epochs=30, lr=1e-2, weight_decay=0, milestones=[], batch_size=8,
+                    verbose=False)
+    assert (geom.geom_scores(model, symmetric, "rot") >= 2 * math.log(4) - 1e-4).all()
+    assert geom.geom_scores(model, x, "rot").mean() < 2 * math.log(4)
 
 
 def test_exercises_checks_name_existing_tests():

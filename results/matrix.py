@@ -1,0 +1,132 @@
+"""The representation x objective matrix: every objective on every representation, at one budget per data set.
+
+    OMP_NUM_THREADS=1 python results/matrix.py run mnist geom 0 1 2   # a lane: every objective on one representation
+    python results/matrix.py commands mnist geom 0 1 2                # the same, as sweep.py commands
+    python results/matrix.py table                                    # what has finished: CSVs, table, heatmaps
+
+A lane runs the seven sweeps of one representation (resumable: started again, a sweep skips its finished runs,
+and the representation is trained once per class and seed, then read from the cache by every objective).
+Budget (the hybrid runs' of results/README.md, section 7.1): the autoencoders 10 epochs (CIFAR-10: lr x0.1
+after 8), transformation prediction its default epochs (geom.py; MNIST 25, CIFAR-10 50) with BatchNorm
+without a learned shift, one-class and soft-boundary Deep SVDD 10 epochs (R set after 2), OC-NN joint 50
+(head lr x0.1 after 20), the shallow detectors on the codes at their defaults.
+
+`table` reads the run folders under runs/matrix-<dataset>/ and writes results/<dataset>-matrix-runs.csv (one
+row per finished run), results/<dataset>-matrix.csv (per cell: the mean over the ten classes of the AUROC
+averaged over seeds 0..m-1, the most seeds that some cell has finished; a cell that has not finished them all
+shows its count of runs) and results/<dataset>-matrix.png.
+"""
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import data  # noqa: E402  (the repository's data.py and sweep.py)
+import sweep  # noqa: E402
+
+REPRESENTATIONS = ["ae", "rcae", "geom"]
+OBJECTIVES = {"own": [], "kde": ["--features", "codes"], "svdd": ["--svdd-epochs", "10"],
+              "soft-svdd": ["--svdd-epochs", "10", "--svdd-warmup", "2"], "ocsvm": ["--features", "codes"],
+              "iforest": ["--features", "codes"], "ocnn-joint": ["--ocnn-epochs", "50", "--ocnn-lr-drop", "20"]}
+NAMES = {"own": "own score", "kde": "KDE on codes", "svdd": "one-class Deep SVDD", "soft-svdd": "soft-boundary Deep SVDD",
+         "ocsvm": "OC-SVM on codes", "iforest": "IF on codes", "ocnn-joint": "OC-NN joint"}
+
+
+def argv(dataset, rep, seeds, objective):
+    """The sweep.py flags of one cell."""
+    flags = ["--dataset", dataset, "--normal-class", "all", "--seeds", *map(str, seeds), "--pretrain", rep, "--quiet",
+             "--out", os.path.join("runs", f"matrix-{dataset}"), "--objective", objective, *OBJECTIVES[objective]]
+    if rep == "geom":
+        return flags + ["--no-bn-affine"]                             # Deep SVDD's Prop. 2: no learned shift
+    return flags + ["--ae-epochs", "10"] + (["--ae-milestones", "8"] if dataset == "cifar10" else [])
+
+
+def runs(dataset, rep, objective, seeds=(0, 1, 2)):
+    """{(class, seed): AUROC %} of the finished runs of one cell."""
+    cfg, classes, seeds, _ = sweep.parse(argv(dataset, rep, seeds, objective))
+    try:
+        data_id = {"data_path": os.path.abspath(cfg.data_root), "data_fingerprint": data.fingerprint(dataset, cfg.data_root)}
+    except data.MissingData:                                          # no such data here: no runs either
+        return {}
+    out = {}
+    for k in classes:
+        for s in seeds:
+            path = os.path.join(ROOT, sweep.run_folder(cfg, data_id, k, s), "metrics.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    out[k, s] = 100 * json.load(f)["auroc"]
+    return out
+
+
+def table(dataset):
+    """The matrix of one data set: CSVs and heatmap; returns {(rep, objective): mean AUROC or None}."""
+    cells = {(r, o): runs(dataset, r, o) for r in REPRESENTATIONS for o in OBJECTIVES}
+    started = [c for c in cells.values() if c]
+    if not started:
+        return {}
+    complete = lambda c, s: all((k, s) in c for k in range(10))
+    seeds = next((list(range(m)) for m in (3, 2, 1) if any(all(complete(c, s) for s in range(m)) for c in started)),
+                 [])                                                  # the most seeds 0.. that a cell has finished
+    with open(os.path.join(ROOT, "results", f"{dataset}-matrix-runs.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["dataset", "representation", "objective", "normal_class", "seed", "auroc"])
+        w.writerows([dataset, r, o, k, s, f"{a:.2f}"] for (r, o), c in cells.items() for (k, s), a in sorted(c.items()))
+    means = {}
+    for (r, o), c in cells.items():
+        finished = seeds and all(complete(c, s) for s in seeds)       # else the cell shows its progress
+        per_class = [np.mean([c[k, s] for s in seeds]) for k in range(10)] if finished else []
+        means[r, o] = float(np.mean(per_class)) if per_class else None
+    with open(os.path.join(ROOT, "results", f"{dataset}-matrix.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["dataset", "representation", "objective", "auroc_mean", "seeds", "runs_finished"])
+        w.writerows([dataset, r, o, "" if m is None else f"{m:.2f}", " ".join(map(str, seeds)), len(cells[r, o])]
+                    for (r, o), m in means.items())
+    plot(dataset, means, cells, seeds)
+    return means
+
+
+def plot(dataset, means, cells, seeds):
+    """A heatmap of the mean AUROC: rows = representation, columns = objective; a cell not finished shows how
+    many of its runs are."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    grid = np.array([[np.nan if means[r, o] is None else means[r, o] for o in OBJECTIVES] for r in REPRESENTATIONS])
+    fig, ax = plt.subplots(figsize=(10, 3.2))
+    im = ax.imshow(grid, cmap="viridis", aspect="auto")
+    for i, r in enumerate(REPRESENTATIONS):
+        for j, o in enumerate(OBJECTIVES):
+            text = f"{grid[i, j]:.2f}" if not np.isnan(grid[i, j]) else f"{len(cells[r, o])} runs\nso far"
+            ax.text(j, i, text, ha="center", va="center", color="w" if np.isnan(grid[i, j]) or grid[i, j] <
+                    np.nanmean(grid) else "k", fontsize=9)
+    ax.set_xticks(range(len(OBJECTIVES)), [NAMES[o] for o in OBJECTIVES], rotation=20, ha="right")
+    ax.set_yticks(range(len(REPRESENTATIONS)), ["AE", "RCAE", "GEOM (transformations)"])
+    ax.set_title(f"{dataset}: mean AUROC % over the ten classes, seeds {' '.join(map(str, seeds)) or 'none yet'}")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(os.path.join(ROOT, "results", f"{dataset}-matrix.png"), dpi=110)
+    plt.close(fig)
+
+
+def main(args):
+    if args[:1] == ["table"]:
+        for dataset in ("mnist", "cifar10"):
+            means = table(dataset)
+            for r in REPRESENTATIONS:
+                print(dataset, r, " ".join(f"{o} {'-' if means.get((r, o)) is None else f'{means[r, o]:.2f}'}"
+                                           for o in OBJECTIVES) if means else "nothing finished")
+        return
+    what, dataset, rep, *seeds = args
+    for objective in OBJECTIVES:
+        if what == "commands":
+            print("python sweep.py " + " ".join(argv(dataset, rep, seeds, objective)))
+        else:
+            sweep.main(argv(dataset, rep, seeds, objective))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
