@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import ae
 import data
 import fast_ops
+import geom
 import ocnn
 import rcae
 import svdd
@@ -128,6 +129,14 @@ def bench(dataset, normal_class, device, reps, warmup, batch_size):
     _, _, hist = ocnn.train_ocnn(ae.encoder_copy(model), x, joint=True, epochs=epochs, **quiet)
     rows.append(("OC-NN epoch (joint)", epoch_seconds(hist, warmup), n,
                  step_phi * n_batches + fwd_phi * n / len(x_test)))
+    torch.manual_seed(0)                                  # transformation prediction: one of GEOM's 72 an image
+    net = geom.build_geom(dataset, "geom").to(device)
+    hist = geom.train_geom(net, x, transforms="geom", epochs=epochs, lr=1e-3, weight_decay=1e-6, milestones=[],
+                           **quiet)
+    rows.append(("geom epoch (72 transformations)", epoch_seconds(hist, warmup), n, float("nan")))
+    x_few = x_test[:1000]                                 # its score runs the network 72 times an image
+    rows.append(("geom scoring 1000 test images", timed(lambda: geom.geom_scores(net, x_few, "geom"), device, 1, 0),
+                 len(x_few), float("nan")))
     return rows
 
 
