@@ -73,10 +73,10 @@ def check_diverged(loss, stage, epoch, modules, norm_0):
     Three checks: the loss is finite (check_finite); every weight and buffer (BatchNorm's running statistics)
     of the trained modules is finite (a last step can break them while the loss it followed was finite); and
     the weights' norm is at most GROWTH * max(norm_0, 1), norm_0 = weight_norm(*modules) before the first
-    epoch. Adam moves each weight by about lr per step, so at a working lr the norm stays near its start
-    (MNIST, --settings port, every stage: 0.99 to 1.01 times it; --ae-lr 0.1, 1000x the default: 13x after 2
-    epochs), while --svdd-lr 1e10 multiplied it by 7e11 in the first epoch. The loss is no yardstick: an
-    autoencoder's is bounded (sigmoid outputs) and OC-NN's can be negative.
+    epoch. Adam moves each weight by about lr per step, so at a working lr the norm stays near its start,
+    while a runaway lr multiplies it by orders of magnitude in one epoch (results/README.md, section 8, has
+    the figures). The loss is no yardstick: an autoencoder's is bounded (sigmoid outputs) and OC-NN's can be
+    negative.
     """
     check_finite(loss, stage, epoch)
     tensors = [(n, t) for m in modules for n, t in [*m.named_parameters(), *m.named_buffers()]
