@@ -1,14 +1,15 @@
 """NumPy metrics and matplotlib plots for one-class anomaly detection.
 
-Read this after a model file (svdd.py, ocnn.py, ae.py, rcae.py): run.py scores the test set with the trained
-model, then calls `summarize` (-> metrics.json) and the `plot_*` functions (-> plots/*.png) defined here.
+Read this after a model file (svdd.py, ocnn.py, ae.py, rcae.py, geom.py): run.py scores the test set with the
+trained model, then calls `summarize` (-> metrics.json) and `plot_run` (-> plots/*.png) defined here.
 
 Conventions, the same for every method in this codebase
 -------------------------------------------------------
 - labels y: 1 = anomaly (any class but the normal one), 0 = normal.
 - scores s: higher = more anomalous, for every method (Deep SVDD: ||phi(x) - c||^2, minus R^2 for the
-  soft-boundary objective; OC-NN: r - f(x); AE/RCAE: reconstruction error). A flipped score turns an AUROC a
-  into 1 - a, so an AUROC well below 0.5 usually means a sign bug, not a bad model.
+  soft-boundary objective; OC-NN: r - f(x); AE/RCAE: reconstruction error; geom: -sum_k log p(k | T_k(x))).
+  A flipped score turns an AUROC a into 1 - a, so an AUROC well below 0.5 usually means a sign bug, not a
+  bad model.
 - A point is flagged as an anomaly at threshold t when s >= t on the ROC and PR curves, which sweep t over
   the scores; the decision a run stores flags s > t, t from the training scores (5), so that a training point
   exactly on Deep SVDD's sphere or OC-NN's hyperplane counts as normal, as in those papers.

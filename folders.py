@@ -142,6 +142,21 @@ class Busy(Exception):
     """Another process holds the lock."""
 
 
+class Stale(Exception):
+    """A saved file reads, but holds another network's state (another version of the code wrote it)."""
+
+
+def load_state(path, load):
+    """load(), a load_state_dict of what the file at path holds; a state of another shape moves the file aside
+    and raises Stale, since the part may be half loaded: the same command then starts afresh."""
+    try:
+        load()
+    except (KeyError, RuntimeError, TypeError, ValueError) as e:
+        os.replace(path, path + ".corrupt")
+        raise Stale(f"{path} holds another network's state ({type(e).__name__}); moved aside to {path}.corrupt: "
+                    f"run the same command again to train afresh") from None
+
+
 class Lock:
     """An advisory lock on the file `path` (fcntl.flock), held while a process trains in a run folder or
     trains a cache entry. The operating system drops it when the process ends, kill -9 included, so no
@@ -204,18 +219,6 @@ def key_of(*parts):
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def check_folders(out, data_root, user_error):
-    """--out must be a folder this process can write in, --data-root a folder (or not there yet)."""
-    if os.path.exists(data_root) and not os.path.isdir(data_root):
-        raise user_error(f"--data-root {data_root} is a file, not a folder.")
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise user_error(f"--out {out}: cannot make a folder there ({e.strerror}); choose another --out.") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise user_error(f"--out {out} is not writable; choose another --out.")
-
-
 def data_identity(dataset, root):
     """What data a run reads: the root and the fingerprint of its files. Downloads the data set when missing."""
     try:
@@ -268,7 +271,7 @@ def cached(path, model, train):
     with Lock(path + ".lock", wait=True):
         saved = load_torch(path, "cached representation", "it is trained again")
         if saved is not None:
-            model.load_state_dict(saved["stage1"])
+            load_state(path, lambda: model.load_state_dict(saved.get("stage1")))
             print(f"reusing the trained representation {path}")
             return saved
         partial = path[:-len(".pt")] + "-partial.pt"

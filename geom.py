@@ -11,6 +11,8 @@ Equations implemented here
     transformations:  T_0 .. T_{K-1}, T_k(x) = rot90^r(shift_{dy,dx}(flip^f(x)))     (k <-> (f, dy, dx, r))
     prediction:       p(k | x) = softmax(W phi(x) + b)_k                             W: rep_dim -> K
     loss:             L = 1/(nK) sum_i sum_k -log p(k | T_k(x_i))                    (cross-entropy)
+                      minimised here in expectation: each step draws one k_i per image,
+                      L_B = 1/B sum_i -log p(k_i | T_{k_i}(x_i)), k_i uniform (all_copies: L itself)
     score:            s(x) = -sum_k log p(k | T_k(x))            higher = more anomalous
 
   s(x) is the simplified normality score of GEOM's Sec. 4 (the log-likelihood of the right transformation
@@ -44,7 +46,9 @@ Symbols
 Deviations from the papers
   * The network is ae.py's small bias-free LeNet-type encoder (ae.build_encoder) plus a linear head, not a
     WRN-10-4: the encoder's state dict loads into svdd.py's and ocnn.py's phi unchanged (ae.encoder_copy(model)
-    reads model.encoder), and Deep SVDD's Prop. 2 still holds for it; only the head has a bias.
+    reads model.encoder), and Deep SVDD's Prop. 2 holds for it with BatchNorm without a learned shift
+    (bn_affine=False, --no-bn-affine; run.py's MNIST default under --settings paper has the shift, for
+    every representation alike); only the head has a bias.
   * One random transformation per image and step (labels drawn from the seeded generator). GEOM's code builds
     all n K (image, transformation) pairs, shuffles them and trains on batches of 128 pairs for ceil(200 / K)
     epochs, about 200 n image-passes whatever K is. Drawing one transformation per image gives the same kind
@@ -149,11 +153,6 @@ def build_geom(dataset, transforms, rep_dim=None, bn_affine=False):
     if transforms not in TRANSFORMS:
         raise ValueError(f"unknown transformation set {transforms!r}: one of {sorted(TRANSFORMS)}")
     return GeomNet(ae_lib.build_encoder(dataset, rep_dim, bn_affine), len(TRANSFORMS[transforms]))
-
-
-def encoder_copy(model):
-    """A stand-alone phi with the trained encoder's weights and BatchNorm statistics (as ae.encoder_copy)."""
-    return ae_lib.encoder_copy(model)                           # it reads model.encoder
 
 
 # ---------------------------------------------------------------------------------------------------

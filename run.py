@@ -7,7 +7,7 @@ the decision -> the run folder -> plots.
 
 settings.py says what a run is (every flag, the methods and their names); folders.py where it is saved and
 how an interrupted run resumes; sweep.py runs many. From here to any loss is one file: ae.py, rcae.py,
-svdd.py, ocnn.py or shallow.py.
+geom.py, svdd.py, ocnn.py or shallow.py.
 """
 import dataclasses
 import json
@@ -35,7 +35,7 @@ def main(argv=None):
     def body():
         cfg = settings.parse_config(argv)
         print("config:", json.dumps(dataclasses.asdict(cfg)))
-        folders.check_folders(cfg.out, cfg.data_root, UserError)
+        settings.check_folders(cfg)
         device = settings.pick_device(cfg.device)
         data_id = folders.data_identity(cfg.dataset, cfg.data_root)
         name = settings.run_name(cfg)
@@ -75,7 +75,8 @@ def run_experiment(cfg, run_dir, device, data_id):
         threshold = evaluate.quantile_threshold(train_scores, level)
         normal = scored[labels[scored] == 0]                          # the normal test images scored
 
-        stages = {f"stage 1 ({cfg.pretrain})": stage1_history, cfg.objective: history}
+        stages = {f"stage 1 ({cfg.pretrain})": stage1_history} if model is not None else {}
+        stages[cfg.objective] = history
         folders.write_json(os.path.join(run_dir, "history.json"), stages)
         folders.write_scores(os.path.join(run_dir, "scores.csv"), labels, scores, threshold)
         if d.polluted.any():
@@ -113,7 +114,7 @@ def load_data(cfg, device):
     try:
         d = data.one_class_split(cfg.dataset, cfg.normal_class, cfg.pollution_rate, cfg.seed, cfg.data_root,
                                  device, cfg.scaling)
-    except ValueError as e:                                           # a setting the data cannot meet
+    except (ValueError, data.DataError) as e:                         # a setting or a data set that cannot work
         raise UserError(str(e)) from None
     facts = {"network": settings.network(cfg), "normal_class_name": settings.class_name(cfg)}
     folder = data.folder_facts(cfg.data_root) if cfg.dataset == "folder" else {}
@@ -171,11 +172,10 @@ def stage2(cfg, d, model, checkpoint):
     if o in ("kde", "ocsvm", "iforest"):
         training.banner(f"stage 2: {prose} on the {cfg.features} of {len(d.x_train)} training images")
         features = shallow_input(model)
-        gamma = settings.number(cfg.ocsvm_gamma) or cfg.ocsvm_gamma
-        test = (features(d.x_test), d.y_test.cpu().numpy()) if gamma == "test-auroc" else (None, None)
+        test = (features(d.x_test), d.y_test.cpu().numpy()) if cfg.ocsvm_gamma == "test-auroc" else (None, None)
         detector, info = shallow.fit(o, features(d.x_train), pca=cfg.pca, nu=cfg.nu, bandwidth=cfg.kde_bandwidth,
-                                     gamma=gamma, trees=cfg.iforest_trees, psi=cfg.iforest_samples, seed=cfg.seed,
-                                     x_test=test[0], y_test=test[1])
+                                     gamma=cfg.ocsvm_gamma, trees=cfg.iforest_trees, psi=cfg.iforest_samples,
+                                     seed=cfg.seed, x_test=test[0], y_test=test[1])
         info["train_scores"] = shallow.train_scores(o, detector, features(d.x_train)).cpu().numpy()
         return [], {"detector": detector}, info
     phi = ae.encoder_copy(model)                                      # the representation itself stays untouched

@@ -14,6 +14,8 @@ import csv
 import dataclasses
 import os
 
+import numpy as np
+
 import data
 import folders
 import run
@@ -75,7 +77,10 @@ def main(argv=None):
         if (got_channels, list(got_size)) != (channels, size):
             raise UserError(f"{paths[0]} is a {got_size[0]}x{got_size[1]} {kinds[got_channels]} image, but the run "
                             f"was trained on {size[0]}x{size[1]} {kinds[channels]} images; give images of that kind.")
-        scores = run.checked(score(data.preprocess(images, cfg.scaling, scale).to(device)), cfg)
+        scores = score(data.preprocess(images, cfg.scaling, scale).to(device)).cpu().numpy()
+        if not np.isfinite(scores).all():
+            raise UserError(f"{int((~np.isfinite(scores)).sum())} of the images got a NaN or infinite score; "
+                            f"nothing is written (is each image a readable picture of the run's kind?)")
 
         def write(tmp):
             with open(tmp, "w", newline="") as f:

@@ -63,7 +63,7 @@ OBJECTIVES = {
     "soft-svdd": Method("soft-boundary Deep SVDD", SVDD + ("svdd_warmup", "nu")),
     "ocnn": Method("OC-NN z-only", OCNN),
     "ocnn-joint": Method("OC-NN joint", OCNN + ("encoder_lr", "encoder_weight_decay", "encoder_lr_drop")),
-    "own": Method("own score"),
+    "own": Method("the representation's own score"),
     "kde": Method("KDE", SHALLOW + ("kde_bandwidth",)),
     "ocsvm": Method("OC-SVM", SHALLOW + ("ocsvm_gamma", "nu")),
     "iforest": Method("Isolation Forest", SHALLOW + ("iforest_trees", "iforest_samples")),
@@ -179,8 +179,8 @@ class Config:
     geom_milestones: list[int] = opt([], "geom: lr x0.1 after these epochs", EPOCHS)
     geom_weight_decay: float = opt(1e-6, "geom: weight decay", NONNEG)
     # stage 2: the objective
-    objective: str = opt("svdd", "the objective on the representation (stage 2), its own score, or a shallow "
-                                 "detector (settings.py lists them)", one_of(*OBJECTIVES))
+    objective: str = opt("svdd", "stage 2 on the representation: " + ", ".join(f"{name} = {m.prose}" for name, m in
+                                                                            OBJECTIVES.items()), one_of(*OBJECTIVES))
     nu: float = opt(0.1, "soft-svdd / ocnn / ocsvm: the fraction of training points allowed beyond R / below r",
                     between(0, 1, lo_open=True))
     flag_rate: float = opt(0.1, "the objectives without nu: the fraction of training images beyond the "
@@ -251,7 +251,7 @@ def used_settings(cfg, stage1_only=False):
         names += STAGE1 + REPRESENTATIONS[cfg.pretrain].uses
     if not stage1_only:
         names += OBJECTIVES[cfg.objective].uses + ("objective", "nu" if uses_nu(cfg) else "flag_rate")
-    return {n: getattr(cfg, n) for f in dataclasses.fields(cfg) for n in [f.name] if n in names}
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name in names}
 
 
 def method_name(cfg):
@@ -353,7 +353,7 @@ def make_config(given):
         if valid is not None and not valid.test(value):
             shown = " ".join(map(str, value)) if isinstance(value, list) else value
             raise UserError(f"--{f.name.replace('_', '-')} must be {valid.what}, got {shown!r}.")
-    if cfg.pretrain == "rcae" and cfg.ae_epochs % cfg.rcae_iters:
+    if has_stage1(cfg) and cfg.pretrain == "rcae" and cfg.ae_epochs % cfg.rcae_iters:
         raise UserError(f"--ae-epochs ({cfg.ae_epochs}) must be a multiple of --rcae-iters ({cfg.rcae_iters}).")
     if cfg.objective == "soft-svdd" and cfg.svdd_warmup >= cfg.svdd_epochs:
         raise UserError(f"--svdd-warmup ({cfg.svdd_warmup}) must be below --svdd-epochs ({cfg.svdd_epochs}): "
@@ -374,6 +374,18 @@ def parse_config(argv=None):
 # ---------------------------------------------------------------------------------------------------
 # Where it runs, and how a command ends
 # ---------------------------------------------------------------------------------------------------
+
+def check_folders(cfg):
+    """--out must be a folder this process can write in, --data-root a folder (or not there yet)."""
+    if os.path.exists(cfg.data_root) and not os.path.isdir(cfg.data_root):
+        raise UserError(f"--data-root {cfg.data_root} is a file, not a folder.")
+    try:
+        os.makedirs(cfg.out, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {cfg.out}: cannot make a folder there ({e.strerror}); choose another --out.") from None
+    if not os.access(cfg.out, os.W_OK | os.X_OK):
+        raise UserError(f"--out {cfg.out} is not writable; choose another --out.")
+
 
 def pick_device(choice):
     """--device as a torch.device; cuda without a CUDA device is the user's to fix."""
@@ -403,8 +415,8 @@ def cli(body):
         print(f"error: another process is training in {os.path.dirname(str(e))}; wait for it to finish, or "
               f"use another --out", file=sys.stderr)
         sys.exit(2)
-    except (UserError, shallow.ShallowError, data.DataError, training.Diverged, folders.SaveError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UserError, shallow.ShallowError, data.DataError, training.Diverged, folders.SaveError, folders.Stale) as e:
+        print(f"error: {e}", file=sys.stderr)                        # the user's to fix (2), or to run again (1)
         sys.exit(2 if isinstance(e, (UserError, shallow.ShallowError)) or getattr(e, "user", False) else 1)
     except OSError as e:                                              # what no check above foresaw
         print(f"error: {e.filename or 'a file'}: {e.strerror or e}", file=sys.stderr)

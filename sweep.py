@@ -1,7 +1,7 @@
 """Many experiments: run.py's one experiment for every (normal class, seed), then a summary.
 
     python sweep.py --objective svdd --normal-class all --seeds 0 1 2 3 4 --jobs 2
-    python sweep.py --dataset cifar10 --objective ae --normal-class 0,6,7 --ae-epochs 10 --ae-milestones 8
+    python sweep.py --dataset cifar10 --objective own --normal-class 0,6,7 --ae-epochs 10 --ae-milestones 8
 
 --normal-class (one class, a list such as 0,2,5, or all), --seeds and --jobs are this file's; every other
 flag is run.py's and goes to its Config as it is. The runs go to fixed folders,
@@ -179,8 +179,8 @@ def write_summary(folder, rows, cfg):
     """summary.csv (one row per class) and summary.md: AUROC mean +- std over seeds, mean over classes.
 
     std is the population standard deviation over the seeds (numpy's default). seconds is the mean wall
-    time of a run over every process that worked on it; a run whose autoencoder came from the cache did not
-    pay for pretraining.
+    time of a run over every process that worked on it; a run whose representation came from the cache did
+    not pay for training it.
     """
     by_class = {}
     for m in rows:
@@ -188,7 +188,7 @@ def write_summary(folder, rows, cfg):
     table = []
     for k, ms in sorted(by_class.items()):
         a = 100 * np.array([m["auroc"] for m in ms])
-        table.append({"dataset": cfg.dataset, "normal_class": k, "class_name": ms[0].get("normal_class_name"),
+        table.append({"dataset": cfg.dataset, "normal_class": k, "normal_class_name": ms[0].get("normal_class_name"),
                       "method": settings.method_name(cfg),
                       "auroc_mean": round(a.mean(), 2), "auroc_std": round(a.std(), 2), "n_seeds": len(ms),
                       "seeds": " ".join(str(m["seed"]) for m in ms), "epochs": stage_epochs(cfg),
@@ -196,7 +196,7 @@ def write_summary(folder, rows, cfg):
                       "seconds_mean": round(np.mean([m["seconds"] for m in ms]), 1)})
     lines = [f"{cfg.dataset}, {settings.method_name(cfg)}, epochs {stage_epochs(cfg)}", "",
              "| normal class | AUROC % (mean +- std) | seeds |", "|---|---|---|"]
-    lines += [f"| {settings.class_tag(t['normal_class'], t['class_name'])} | {t['auroc_mean']:.2f} +- "
+    lines += [f"| {settings.class_tag(t['normal_class'], t['normal_class_name'])} | {t['auroc_mean']:.2f} +- "
               f"{t['auroc_std']:.2f} | {t['n_seeds']} |"
               for t in table]
     lines.append(f"| mean | {np.mean([t['auroc_mean'] for t in table]):.2f} | |")
@@ -218,7 +218,7 @@ def main(argv=None):
     """Parse the flags, then run every (class, seed) pair not finished yet. Returns the list of metrics."""
     def body():
         cfg, classes, seeds, jobs = parse(argv)
-        folders.check_folders(cfg.out, cfg.data_root, UserError)
+        settings.check_folders(cfg)
         device = settings.pick_device(cfg.device)
         return sweep(cfg, classes, seeds, jobs, device, folders.data_identity(cfg.dataset, cfg.data_root))
     return settings.cli(body)

@@ -2450,7 +2450,7 @@ def test_geom_encoder_has_no_bias_and_loads_into_phi(dataset):
     phi.load_state_dict(model.encoder.state_dict())
     x = torch.rand(4, *((1, 28, 28) if dataset == "mnist" else (3, 32, 32)))
     z = model.encoder.eval()(x)                                 # (4, rep_dim)
-    assert torch.equal(phi.eval()(x), z) and torch.equal(geom.encoder_copy(model).eval()(x), z)
+    assert torch.equal(phi.eval()(x), z) and torch.equal(ae.encoder_copy(model).eval()(x), z)
 
 
 def _tiny_run(seed):
@@ -2812,6 +2812,19 @@ def test_run_divergence_stops_the_stage_and_caches_nothing(tiny_root, tmp_path, 
     if stage == "ae":
         assert not list((tmp_path / "cache").glob("*-class0.pt"))
     assert not list(tmp_path.glob("*/metrics.json"))
+
+
+def test_run_a_cache_entry_of_another_network_is_set_aside_in_one_line(tiny_root, tmp_path, capsys):
+    # property: a cached representation that reads but holds another network's state (another version of the
+    # code) ends the run in one line, exit 1, moved aside; the same command then trains afresh
+    args = ["--data-root", tiny_root, "--out", str(tmp_path), "--objective", "own", "--normal-class", "3"] + SHORT
+    run.main(args)
+    (cache,) = (tmp_path / "cache").glob("*-class3.pt")
+    torch.save({"stage1": {"conv": torch.zeros(2)}, "history": [], "extra": {}}, cache)
+    with pytest.raises(SystemExit) as e:
+        run.main(args)
+    assert e.value.code == 1 and capsys.readouterr().err.count("\n") == 1 and cache.with_suffix(".pt.corrupt").exists()
+    assert run.main(args)["auroc"] > 0
 
 
 def test_run_non_finite_scores_never_finish_a_run(tiny_root, tmp_path, capsys):

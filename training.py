@@ -1,11 +1,13 @@
-"""Training plumbing shared by every stage (ae.py, rcae.py, svdd.py, ocnn.py): no method here.
+"""Training plumbing shared by every stage (ae.py, rcae.py, geom.py, svdd.py, ocnn.py): no method here.
 
   batches(n, batch_size, generator)   the mini-batches of an epoch: index slices of a seeded permutation
   adam_with_milestones(...)           Adam + lr x0.1 after each milestone epoch, as the reference code
   check_finite(loss, stage, epoch)    stop with a clear message when a loss becomes NaN or infinite
   check_diverged(...), weight_norm    ... or a weight does, or the weights blow up (raise Diverged)
   print_epoch(stage, record, epochs)  the one progress line per epoch
-  Checkpoint                          save a training loop's state at epoch ends and resume from it
+  Checkpoint, NoCheckpoint            save a training loop's state at epoch ends and resume from it (or not)
+  train_loop(...)                     the whole loop of a stage that trains one module on one loss (AE, geom)
+  seed_all(seed), banner(text)        one seed for torch and numpy; the line that opens a stage
 
 Why checkpoints: a CIFAR-10 run at the reference schedule takes over an hour on a small CPU. A loop saves
 its whole state (weights, optimiser, lr schedule, the batch order's generator, history and the stage's own
@@ -117,10 +119,9 @@ class Checkpoint:
         if saved is None:
             return [], None
         for name, part in parts.items():
-            if isinstance(part, torch.Generator):
-                part.set_state(saved["parts"][name])
-            else:
-                part.load_state_dict(saved["parts"][name])
+            state = saved.get("parts", {}).get(name)
+            load = part.set_state if isinstance(part, torch.Generator) else part.load_state_dict
+            folders.load_state(self.path, lambda: load(state))
         print(f"resuming from {self.path} after epoch {len(saved['history'])}", flush=True)
         return saved["history"], saved["extra"]
 
