@@ -119,8 +119,9 @@ def plot(dataset, means, cells, seeds, source):
     ax.set_xticks(range(len(OBJECTIVES)), [NAMES[o] for o in OBJECTIVES], rotation=20, ha="right")
     ae_label = "AE (hybrid runs)" if any("hybrid" in source[("ae", o)] for o in OBJECTIVES) else "AE"
     ax.set_yticks(range(len(REPRESENTATIONS)), [ae_label, "RCAE", "GEOM (transformations)"])
-    ax.set_title(f"{dataset}: mean AUROC % over the ten classes (seeds {' '.join(map(str, seeds)) or 'none yet'}; "
-                 f"AE: {source[('ae', 'own')].replace(' (results/README.md 7.1)', '') or 'not yet'})", fontsize=9)
+    runs = f"seed{'s' if len(seeds) > 1 else ''} {' '.join(map(str, seeds))}" if seeds else "no cell finished"
+    ae_from = source[("ae", "own")].replace("(results/README.md 7.1)", "of results/README.md 7.1")
+    ax.set_title(f"{dataset}: mean AUROC % over the ten classes, {runs} (AE: {ae_from or 'not yet'})", fontsize=9)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(os.path.join(ROOT, "results", f"{dataset}-matrix.png"), dpi=110)
