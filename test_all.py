@@ -1488,7 +1488,7 @@ def test_folder_normal_class_bound_is_the_number_of_classes(tmp_path):
         data.one_class_split("folder", 3, root=root)
 
 
-def test_folder_classes_sorted_and_class_index_takes_a_name_or_an_index(tmp_path):
+def test_folder_classes_sorted_and_class_index_takes_a_name(tmp_path):
     # property: classes are the sorted folder names; a number is read as a name, never as a position; unknown -> names
     root = _digit_folder(tmp_path, per_class=1)
     assert data.folder_classes(root) == ["2", "5", "7"]
