@@ -6,7 +6,7 @@ the decision -> the run folder -> plots.
     python run.py --objective ocnn-joint --pretrain rcae --pollution-rate 0.05
 
 settings.py says what a run is (every flag, the methods and their names); folders.py where it is saved and
-how an interrupted run resumes; sweep.py runs many. From here to any loss is one file: ae.py, rcae.py,
+how an interrupted run resumes; score.py turns a trained state into its score function; sweep.py runs many. From here to any loss is one file: ae.py, rcae.py,
 geom.py, svdd.py, ocnn.py or shallow.py.
 """
 import dataclasses
@@ -23,6 +23,7 @@ import folders
 import geom
 import ocnn
 import rcae
+import score
 import settings
 import shallow
 import svdd
@@ -63,14 +64,14 @@ def run_experiment(cfg, run_dir, device, data_id):
         checkpoint = training.Checkpoint(os.path.join(run_dir, "checkpoint.pt"), cfg.checkpoint_seconds, clock)
         history, state, info = stage2(cfg, d, model, checkpoint)
         state = {"stage1": model.state_dict(), **state} if model is not None else state
-        score, view = scorer(cfg, state, facts["network"], device)
+        s, view = score.scorer(cfg, state, facts["network"], device)
 
         # The scores (higher = more anomalous) and the decision: flagged = s > the (1 - level)-quantile of the
         # training scores, taken out of sample where a method scores its own training points optimistically.
-        labels, scores = d.y_test.cpu().numpy(), checked(score(d.x_test), cfg)
+        labels, scores = d.y_test.cpu().numpy(), checked(s(d.x_test), cfg)
         scored = np.asarray(info.pop("eval_index", np.arange(len(labels))))  # all but a gamma holdout
         train_scores = info.pop("train_scores", None)
-        train_scores = checked(score(d.x_train) if train_scores is None else train_scores, cfg)
+        train_scores = checked(s(d.x_train) if train_scores is None else train_scores, cfg)
         level = cfg.nu if settings.uses_nu(cfg) else cfg.flag_rate
         threshold = evaluate.quantile_threshold(train_scores, level)
         normal = scored[labels[scored] == 0]                          # the normal test images scored
@@ -129,7 +130,7 @@ def stage1(cfg, d, network, device, data_id, clock):
     """Stage 1: the representation, from the cache when the same data, settings and seed came before
     (folders.cached). Returns (model, history, extra); extra holds RCAE's per-image ||N_i||_1."""
     training.seed_all(cfg.seed)                                       # weight init depends on the seed only
-    model = build_stage1(cfg, network).to(device)
+    model = score.build_stage1(cfg, network).to(device)
     training.banner(f"stage 1: {settings.REPRESENTATIONS[cfg.pretrain].prose} on {len(d.x_train)} images")
     if cfg.batch_size > len(d.x_train):
         print(f"warning: --batch-size {cfg.batch_size} is above the {len(d.x_train)} training images: each "
@@ -171,7 +172,7 @@ def stage2(cfg, d, model, checkpoint):
         return [], {}, {}
     if o in ("kde", "ocsvm", "iforest"):
         training.banner(f"stage 2: {prose} on the {cfg.features} of {len(d.x_train)} training images")
-        features = shallow_input(model)
+        features = score.shallow_input(model)
         test = (features(d.x_test), d.y_test.cpu().numpy()) if cfg.ocsvm_gamma == "test-auroc" else (None, None)
         detector, info = shallow.fit(o, features(d.x_train), pca=cfg.pca, nu=cfg.nu, bandwidth=cfg.kde_bandwidth,
                                      gamma=cfg.ocsvm_gamma, trees=cfg.iforest_trees, psi=cfg.iforest_samples,
@@ -191,50 +192,6 @@ def stage2(cfg, d, model, checkpoint):
         encoder_lr_drop=cfg.encoder_lr_drop, hidden=cfg.ocnn_hidden, activation=cfg.ocnn_activation,
         normalize=cfg.ocnn_normalize, clip=cfg.ocnn_clip, **kw)
     return history, {"phi": phi.state_dict(), "head": head.state_dict(), "r": r}, {}
-
-
-def build_stage1(cfg, network):
-    """The representation's network: the autoencoder (ae, rcae) or the transformation predictor (geom)."""
-    if cfg.pretrain == "geom":
-        return geom.build_geom(network, cfg.geom_transforms, cfg.rep_dim, cfg.bn_affine)
-    return ae.build_autoencoder(network, cfg.rep_dim, cfg.bn_affine)
-
-
-def shallow_input(model):
-    """x -> what a shallow detector sees, on the CPU: the representation's codes, or (no model) the pixels."""
-    return (lambda x: ae.encode(model.encoder, x).cpu()) if model is not None else (lambda x: x.flatten(1).cpu())
-
-
-def scorer(cfg, state, network, device):
-    """The score function s(x) (higher = more anomalous) of a trained run, from its state as model.pt holds it:
-    the one path from images to scores, for the test set, the training set (the threshold) and score.py. Returns
-    (score, view): what codes.png draws, codes(x) as the objective sees them (None on pixels), and Deep SVDD's
-    centre c and R^2, or OC-NN's direction u = V^T w (linear g)."""
-    view, model, o = {"codes": None}, None, cfg.objective
-    if "stage1" in state and o in ("own", "kde", "ocsvm", "iforest"):
-        model = build_stage1(cfg, network).to(device)
-        model.load_state_dict(state["stage1"])
-        view["codes"] = lambda x: ae.encode(model.encoder, x)
-    if o == "own":                                                    # GEOM's score, or the reconstruction error
-        return (lambda x: geom.geom_scores(model, x, cfg.geom_transforms) if cfg.pretrain == "geom"
-                else ae.reconstruction_scores(model, x)), view
-    if o in ("kde", "ocsvm", "iforest"):
-        features = shallow_input(model)
-        return (lambda x: shallow.score(o, state["detector"], features(x))), view
-    phi = ae.build_encoder(network, cfg.rep_dim, cfg.bn_affine).to(device)
-    phi.load_state_dict(state["phi"])
-    view["codes"] = lambda x: ae.encode(phi, x)
-    if o in ("svdd", "soft-svdd"):
-        c, R = state["c"].to(device), state["R"]
-        view.update(center=c, R2=R ** 2)
-        return (lambda x: svdd.svdd_scores(phi, c, x, R)), view
-    head = ocnn.OCNN(cfg.rep_dim, cfg.ocnn_hidden, cfg.ocnn_activation, cfg.ocnn_normalize).to(device)
-    head.load_state_dict(state["head"])
-    if cfg.ocnn_normalize:                                            # the head sees unit codes
-        view["codes"] = lambda x: torch.nn.functional.normalize(ae.encode(phi, x), dim=1, eps=1e-8)
-    if cfg.ocnn_activation == "linear":
-        view["direction"] = (head.w.weight @ head.V.weight).squeeze(0).detach()   # (D,) u = V^T w
-    return (lambda x: ocnn.ocnn_scores(phi, head, state["r"], x)), view
 
 
 def checked(scores, cfg):

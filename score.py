@@ -1,4 +1,6 @@
-"""Score new images with a trained run: its saved model, preprocessing constants and decision threshold.
+"""Scores: the score function of a trained run (`scorer`, the one path from images to scores: run.py's for the
+test and training images, this command's for new ones), and the command that scores new images with a run's
+saved model, preprocessing constants and decision threshold.
 
     python score.py runs/<time>-mnist-0-ae+svdd my_digits/ --out scored.csv     # files or folders of images
 
@@ -15,12 +17,61 @@ import dataclasses
 import os
 
 import numpy as np
+import torch
 
+import ae
 import data
 import folders
-import run
+import geom
+import ocnn
 import settings
+import shallow
+import svdd
 from settings import UserError
+
+
+def build_stage1(cfg, network):
+    """The representation's network: the autoencoder (ae, rcae) or the transformation predictor (geom)."""
+    if cfg.pretrain == "geom":
+        return geom.build_geom(network, cfg.geom_transforms, cfg.rep_dim, cfg.bn_affine)
+    return ae.build_autoencoder(network, cfg.rep_dim, cfg.bn_affine)
+
+
+def shallow_input(model):
+    """x -> what a shallow detector sees, on the CPU: the representation's codes, or (no model) the pixels."""
+    return (lambda x: ae.encode(model.encoder, x).cpu()) if model is not None else (lambda x: x.flatten(1).cpu())
+
+
+def scorer(cfg, state, network, device):
+    """The score function s(x) (higher = more anomalous) of a trained run, from its state as model.pt holds it:
+    the one path from images to scores, for the test set, the training set (the threshold) and score.py. Returns
+    (score, view): what codes.png draws, codes(x) as the objective sees them (None on pixels), and Deep SVDD's
+    centre c and R^2, or OC-NN's direction u = V^T w (linear g)."""
+    view, model, o = {"codes": None}, None, cfg.objective
+    if "stage1" in state and o in ("own", "kde", "ocsvm", "iforest"):
+        model = build_stage1(cfg, network).to(device)
+        model.load_state_dict(state["stage1"])
+        view["codes"] = lambda x: ae.encode(model.encoder, x)
+    if o == "own":                                                    # GEOM's score, or the reconstruction error
+        return (lambda x: geom.geom_scores(model, x, cfg.geom_transforms) if cfg.pretrain == "geom"
+                else ae.reconstruction_scores(model, x)), view
+    if o in ("kde", "ocsvm", "iforest"):
+        features = shallow_input(model)
+        return (lambda x: shallow.score(o, state["detector"], features(x))), view
+    phi = ae.build_encoder(network, cfg.rep_dim, cfg.bn_affine).to(device)
+    phi.load_state_dict(state["phi"])
+    view["codes"] = lambda x: ae.encode(phi, x)
+    if o in ("svdd", "soft-svdd"):
+        c, R = state["c"].to(device), state["R"]
+        view.update(center=c, R2=R ** 2)
+        return (lambda x: svdd.svdd_scores(phi, c, x, R)), view
+    head = ocnn.OCNN(cfg.rep_dim, cfg.ocnn_hidden, cfg.ocnn_activation, cfg.ocnn_normalize).to(device)
+    head.load_state_dict(state["head"])
+    if cfg.ocnn_normalize:                                            # the head sees unit codes
+        view["codes"] = lambda x: torch.nn.functional.normalize(ae.encode(phi, x), dim=1, eps=1e-8)
+    if cfg.ocnn_activation == "linear":
+        view["direction"] = (head.w.weight @ head.V.weight).squeeze(0).detach()   # (D,) u = V^T w
+    return (lambda x: ocnn.ocnn_scores(phi, head, state["r"], x)), view
 
 
 def image_paths(items):
@@ -47,9 +98,9 @@ def load_run(run_dir, device):
     try:
         fields = {f.name for f in dataclasses.fields(settings.Config)}
         cfg = settings.Config(**{k: v for k, v in saved["config"].items() if k in fields})
-        score, _ = run.scorer(cfg, saved, saved["network"], device)
+        s, _ = scorer(cfg, saved, saved["network"], device)
         channels = 1 if saved["network"] == "mnist" else 3
-        return cfg, score, float(saved["threshold"]), saved["scale"], (channels, list(saved["image_size"]))
+        return cfg, s, float(saved["threshold"]), saved["scale"], (channels, list(saved["image_size"]))
     except (KeyError, TypeError, ValueError, RuntimeError) as e:     # RuntimeError: a state of another shape
         raise UserError(f"{run_dir}/model.pt does not hold a run this version of the code can score "
                         f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); train it again with run.py.") from None
@@ -67,7 +118,7 @@ def main(argv=None):
         if os.path.isdir(args.out):
             raise UserError(f"--out {args.out} is a folder; give the name of the CSV file to write.")
         device = settings.pick_device(args.device)
-        cfg, score, threshold, scale, (channels, size) = load_run(args.run_dir, device)
+        cfg, s, threshold, scale, (channels, size) = load_run(args.run_dir, device)
         paths = image_paths(args.images)
         try:
             images, got_channels, got_size = data.read_images(paths)
@@ -77,7 +128,7 @@ def main(argv=None):
         if (got_channels, list(got_size)) != (channels, size):
             raise UserError(f"{paths[0]} is a {got_size[0]}x{got_size[1]} {kinds[got_channels]} image, but the run "
                             f"was trained on {size[0]}x{size[1]} {kinds[channels]} images; give images of that kind.")
-        scores = score(data.preprocess(images, cfg.scaling, scale).to(device)).cpu().numpy()
+        scores = s(data.preprocess(images, cfg.scaling, scale).to(device)).cpu().numpy()
         if not np.isfinite(scores).all():
             raise UserError(f"{int((~np.isfinite(scores)).sum())} of the images got a NaN or infinite score; "
                             f"nothing is written (is each image a readable picture of the run's kind?)")
