@@ -173,11 +173,12 @@ def stage2(cfg, d, model, checkpoint):
     if o in ("kde", "ocsvm", "iforest"):
         training.banner(f"stage 2: {prose} on the {cfg.features} of {len(d.x_train)} training images")
         features = score.shallow_input(model)
+        x_train = features(d.x_train)                                 # the codes (or pixels) it is fitted on
         test = (features(d.x_test), d.y_test.cpu().numpy()) if cfg.ocsvm_gamma == "test-auroc" else (None, None)
-        detector, info = shallow.fit(o, features(d.x_train), pca=cfg.pca, nu=cfg.nu, bandwidth=cfg.kde_bandwidth,
+        detector, info = shallow.fit(o, x_train, pca=cfg.pca, nu=cfg.nu, bandwidth=cfg.kde_bandwidth,
                                      gamma=cfg.ocsvm_gamma, trees=cfg.iforest_trees, psi=cfg.iforest_samples,
                                      seed=cfg.seed, x_test=test[0], y_test=test[1])
-        info["train_scores"] = shallow.train_scores(o, detector, features(d.x_train)).cpu().numpy()
+        info["train_scores"] = shallow.train_scores(o, detector, x_train).cpu().numpy()
         return [], {"detector": detector}, info
     phi = ae.encoder_copy(model)                                      # the representation itself stays untouched
     training.banner(f"stage 2: {prose}" + (f" (nu={cfg.nu})" if settings.uses_nu(cfg) else ""))
