@@ -84,7 +84,6 @@ import time
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import ae as ae_lib
 import training
@@ -106,8 +105,13 @@ class OCNN(nn.Module):
 
     def forward(self, z):                                             # (B, D)
         if self.normalize:
-            z = F.normalize(z, dim=1, eps=1e-8)                       # z_bar = z / max(||z||, eps)
+            z = unit_codes(z)
         return self.w(self.g(self.V(z))).squeeze(1)                   # (B,)  y_hat
+
+
+def unit_codes(z, eps=1e-8):
+    """z_bar = z / max(||z||, eps) for each row, (B, D) -> (B, D): the codes on the unit sphere."""
+    return z / z.norm(dim=1, keepdim=True).clamp(min=eps)
 
 
 def ocnn_loss(y_hat, r, head, nu):

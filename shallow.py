@@ -161,10 +161,18 @@ def kde_log_density(x, x_train, h):
     for rows in _row_chunks(len(x), n):
         d2 = sq_dists(x[rows], xt)                                      # (chunk, n) ||x - x_i||^2
         for j, hj in enumerate(hs):
-            out[j, rows] = torch.logsumexp(-d2 / (2 * hj ** 2), dim=1)  # log sum_i exp(-||x - x_i||^2 / 2h^2)
-    out -= math.log(n)                                                  # the 1/n of the average
-    out -= (d / 2) * torch.log(2 * math.pi * hs ** 2)[:, None]          # the Gaussian's normalizer
+            out[j, rows] = log_kernel_mean(d2, float(hj), d, n)
     return out[0] if torch.as_tensor(h).dim() == 0 else out
+
+
+def log_kernel_mean(d2, h, d, n):
+    """log( 1/n sum_i N(x; x_i, h^2 I) ) for each row of d2 = ||x - x_i||^2, (rows, m) -> (rows,).
+
+    N(x; x_i, h^2 I) = (2 pi h^2)^(-d/2) exp(-||x - x_i||^2 / 2h^2); the sum by log-sum-exp, exact where every
+    exp underflows; an infinite distance adds 0. n: the count the mean divides by (m, or less for leave-one-out).
+    """
+    log_normalizer = (d / 2) * math.log(2 * math.pi) + d * math.log(h)  # log (2 pi h^2)^(d/2), h^2 may underflow
+    return torch.logsumexp(-d2 / (2 * h ** 2), dim=1) - math.log(n) - log_normalizer
 
 
 def kde_scores(x, x_train, h):
@@ -183,15 +191,13 @@ def kde_loo_log_density(x_train, h):
     """
     xt = _flat(x_train)                                                 # (n, d)
     n, d = xt.shape
-    if n < 2:
-        raise ShallowError(f"leave-one-out KDE scores need at least 2 training points, got {n}.")
     out = torch.empty(n, dtype=torch.float64)                           # (n,)
     for rows in _row_chunks(n, n):
         d2 = sq_dists(xt[rows], xt)                                     # (chunk, n) ||x_i - x_j||^2
         own = torch.arange(rows.start, rows.stop)                       # (chunk,) the i of each row
         d2[own - rows.start, own] = math.inf                            # j = i left out: exp(-inf) = 0
-        out[rows] = torch.logsumexp(-d2 / (2 * h ** 2), dim=1)          # log sum_{j != i} exp(-||.||^2 / 2h^2)
-    return out - math.log(n - 1) - (d / 2) * math.log(2 * math.pi * h ** 2)   # 1/(n-1), the normalizer
+        out[rows] = log_kernel_mean(d2, h, d, n - 1)                    # the mean over the n - 1 others
+    return out
 
 
 def contiguous_folds(n, k):
@@ -365,19 +371,27 @@ def ocsvm_fit(x_train, nu=0.1, gamma=None, eps=1e-3, working_set=1024, max_iter=
         moved = np.flatnonzero(delta)
         G += (torch.from_numpy(delta[moved]).to(dtype) @ K.rows[s[torch.from_numpy(moved)]]).double().numpy()
         a[W] = aW
-    free = (a > 0) & (a < C)
-    if free.any():
-        rho = float(G[free].mean())                                     # (O3) on the margin SVs
-    else:                                                               # no margin SV: the bounds' midpoint
-        bounds = [G[a >= C].max()] if (a >= C).any() else []
-        bounds += [G[a <= 0].min()] if (a <= 0).any() else []
-        rho = float(np.mean(bounds))
+    rho = ocsvm_rho(a, G, C)
     if not (math.isfinite(rho) and np.isfinite(G).all()):
         raise ShallowError(f"the OC-SVM's solution is not finite (gamma {gamma:g}); try a smaller gamma, or "
                            f"shallow.gamma_from_data(x_train).")
     sv = torch.from_numpy(np.flatnonzero(a > 0))
     return dict(a=a, Ka=G, rho=rho, x_sv=x[sv], a_sv=torch.from_numpy(a[sv.numpy()]), gamma=float(gamma),
                 nu=nu, C=C, tol=tol, gap=float(gap), steps=steps, dtype=dtype)
+
+
+def ocsvm_rho(a, Ka, C):
+    """(O3) rho = (K a)_i on a margin support vector (0 < a_i < C), averaged over them for stability.
+
+    Without a margin SV, any rho between max (K a)_i over a_i = C and min (K a)_i over a_i = 0 satisfies the
+    KKT conditions; take the midpoint. a, Ka: (n,) numpy float64; returns a float.
+    """
+    free = (a > 0) & (a < C)
+    if free.any():
+        return float(Ka[free].mean())
+    bounds = [Ka[a >= C].max()] if (a >= C).any() else []
+    bounds += [Ka[a <= 0].min()] if (a <= 0).any() else []
+    return float(np.mean(bounds))
 
 
 def ocsvm_scores(x, model):
@@ -627,6 +641,9 @@ def train_scores(detector, model, x_train):
     if len(x_train) != len(model["x_train"]):
         raise ShallowError(f"train_scores needs the KDE's own training set ({len(model['x_train'])} points), "
                            f"got {len(x_train)}; score other points with shallow.score.")
+    if len(model["x_train"]) < 2:
+        raise ShallowError(f"leave-one-out KDE scores need at least 2 training points, got "
+                           f"{len(model['x_train'])}.")
     return _finite(detector, -kde_loo_log_density(model["x_train"], model["h"]))
 
 

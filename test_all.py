@@ -40,6 +40,7 @@ from PIL import Image
 import ae
 import data
 import evaluate
+import exercises
 import fast_ops
 import folders
 import geom
@@ -553,12 +554,15 @@ def test_svdd_phi_has_no_bias_and_unbounded_output():
     assert large > 100 * small
 
 
-def test_svdd_losses_hand_values():
-    # property: eq. (4) is the mean squared distance; eq. (3) is R^2 + mean slack / nu
-    dist2 = torch.tensor([1.0, 4.0, 9.0, 16.0])
-    assert svdd.one_class_loss(dist2).item() == pytest.approx(7.5)
-    # R = 2: slack max(0, d - 4) = 0, 0, 5, 12 -> mean 4.25; / nu 0.5 = 8.5; + R^2 4 = 12.5
-    assert svdd.soft_boundary_loss(dist2, 2.0, 0.5).item() == pytest.approx(12.5)
+def test_svdd_one_class_loss_hand_value():
+    # property: eq. (4) without weight decay is the mean squared distance
+    assert svdd.one_class_loss(torch.tensor([1.0, 4.0, 9.0, 16.0])).item() == pytest.approx(7.5)
+
+
+def test_svdd_soft_boundary_loss_hand_value():
+    # property: eq. (3) is R^2 + mean slack / nu; R = 2: slack max(0, d - 4) = 0, 0, 5, 12 -> mean 4.25;
+    # / nu 0.5 = 8.5; + R^2 4 = 12.5
+    assert svdd.soft_boundary_loss(torch.tensor([1.0, 4.0, 9.0, 16.0]), 2.0, 0.5).item() == pytest.approx(12.5)
 
 
 @pytest.mark.parametrize("nu", [0.01, 0.1, 0.33, 1.0])
@@ -850,6 +854,12 @@ def test_ae_reconstruction_scores_are_per_sample_squared_error():
     x = _images(5)
     expected = ((ae.reconstruct(model, x) - x) ** 2).sum(dim=(1, 2, 3))
     assert torch.allclose(ae.reconstruction_scores(model, x, batch_size=2), expected)
+
+
+def test_ae_reconstruction_error_hand_values():
+    # property: ||x - x_hat||^2 summed over C, H, W, one value per image: 2 images of 2 x 1 x 2 pixels
+    x = torch.tensor([[[[1.0, 2.0]], [[0.0, 0.0]]], [[[0.0, 0.0]], [[3.0, -4.0]]]])     # (2, 2, 1, 2)
+    assert torch.equal(ae.reconstruction_error(torch.zeros_like(x), x), torch.tensor([5.0, 25.0]))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -3045,6 +3055,7 @@ def test_exercise_collapse_affine_batchnorm_shift():
         v = ae.lrelu(phi.bn2.bias).repeat_interleave(7 * 7)         # (196,) the input of fc, any image
         phi.fc.weight.copy_(torch.outer(c, v) / v.dot(v))            # fc(v) = c
     scores = svdd.svdd_scores(phi, c, xt)
+    assert svdd.one_class_loss(svdd.svdd_scores(phi, c, x)).item() < 1e-10
     assert torch.all(scores < 1e-10) and evaluate.auroc(yt, scores.numpy()) == 0.5
 
 
@@ -3057,8 +3068,8 @@ def test_exercise_collapse_trained_center():
     c = svdd.init_center(phi, x)
     with torch.no_grad():
         phi.fc.weight.zero_()                                         # phi(x) = 0 for every x
-    assert svdd.one_class_loss(svdd.svdd_scores(phi, torch.zeros_like(c), x)).item() == 0.0
-    fixed = svdd.one_class_loss(svdd.svdd_scores(phi, c, x)).item()
+    assert svdd.svdd_scores(phi, torch.zeros_like(c), x).mean().item() == 0.0   # the loss, eq. (4)
+    fixed = svdd.svdd_scores(phi, c, x).mean().item()
     assert fixed == pytest.approx(c.pow(2).sum().item()) and fixed >= 0.1 ** 2 * phi.rep_dim
 
 
@@ -3097,9 +3108,23 @@ def test_exercise_ocnn_joint_growing_codes_lowers_the_loss():
     assert losses[2] - losses[1] == pytest.approx(losses[1] - losses[0], rel=1e-4)
 
 
+def test_exercise_ocnn_linear_head_scores_by_the_direction_u():
+    # property (exercise 8): with linear g, y_hat = <w, V z> = <u, z>, u = V^T w: two heads with the same u
+    # give every image the same score, and s(z) = r - <u, z> is a hyperplane's signed distance times ||u||
+    torch.manual_seed(0)
+    a, b, z = ocnn.OCNN(6, hidden=3, normalize=False), ocnn.OCNN(6, hidden=4, normalize=False), torch.randn(30, 6)
+    u = a.w.weight @ a.V.weight                                       # (1, 6)
+    with torch.no_grad():
+        b.V.weight.copy_(torch.cat([u, torch.zeros(3, 6)]))            # another head with the same u
+        b.w.weight.copy_(torch.tensor([[1.0, 5.0, -2.0, 0.5]]))
+    s = ocnn.ocnn_scores(_Identity(), a, 0.3, z)
+    assert torch.allclose(s, ocnn.ocnn_scores(_Identity(), b, 0.3, z), atol=1e-5)
+    assert torch.allclose(s, 0.3 - z @ u.squeeze(0), atol=1e-5)
+
+
 @pytest.mark.parametrize("scale", [1.0, 100.0])
 def test_exercise_ocnn_unit_codes_bound_the_loss(scale):
-    # property (exercise 8): with unit codes and linear g, y_hat = <u, z/||z||> <= ||u|| <= ||w|| ||V||_F, so
+    # property (exercise 9): with unit codes and linear g, y_hat = <u, z/||z||> <= ||u|| <= ||w|| ||V||_F, so
     # with r a quantile of the outputs the loss is >= 0, however large the head or the codes grow; the same
     # head on raw codes goes far below 0
     torch.manual_seed(0)
@@ -3119,7 +3144,7 @@ def test_exercise_ocnn_unit_codes_bound_the_loss(scale):
 
 
 def test_exercise_kernel_sphere_and_ocsvm_rank_alike_on_real_digits():
-    # property (exercise 9): with an RBF kernel, kernel SVDD's ||Phi(x) - c||^2 - R^2 is twice the OC-SVM
+    # property (exercise 10): with an RBF kernel, kernel SVDD's ||Phi(x) - c||^2 - R^2 is twice the OC-SVM
     # score s(x) on every test image (so the AUROCs are equal); real MNIST, digit 0, PCA 95 %
     d = data.one_class_split("mnist", 0, root=DATA, scaling="minmax")
     x_train, x_test, y = d.x_train[:600].flatten(1).double(), d.x_test[:500].flatten(1).double(), d.y_test[:500]
@@ -3184,12 +3209,85 @@ def test_exercise_geom_a_half_turn_symmetric_image_has_a_score_floor():
     assert geom.geom_scores(model, x, "rot").mean() < 2 * math.log(4)
 
 
-def test_exercises_checks_name_existing_tests():
-    # property: every `pytest -k "a or b"` check in EXERCISES.md picks at least one test of this file per term
+def test_exercises_name_existing_checks_functions_and_sections():
+    # property: every exercise's checks are tests of this file, its functions exist, and EXERCISES.md has its
+    # section, in order, naming its functions and its check command
     text = open(os.path.join(HERE, "EXERCISES.md")).read()
-    names = [n for n in globals() if n.startswith("test_")]
-    exprs = re.findall(r'-k "([^"]+)"', text)
-    assert len(exprs) >= 6
-    for expr in exprs:
-        for term in expr.split(" or "):
-            assert any(term.strip() in n for n in names), f"EXERCISES.md: -k {term!r} selects no test"
+    sections = re.findall(r"^## (\d+)\. (.+)$", text, re.M)
+    assert [int(n) for n, _ in sections] == list(exercises.EXERCISES)
+    for (n, heading), ex in zip(sections, exercises.EXERCISES.values()):
+        assert heading.startswith(ex.title) and f"python exercises.py check {n}" in text
+        assert all(f"`{q}`" in heading or q.split(".", 1)[1] in heading for q in ex.functions), heading
+        assert all(callable(globals().get(name)) for name in ex.checks), ex.checks
+        for q in ex.functions:
+            module, *path = q.split(".")
+            assert callable(functools.reduce(getattr, path, importlib.import_module(module))), q
+
+
+def test_exercises_stub_keeps_signature_and_docstring_and_names_the_exercise():
+    # property: each stubbed function compiles, keeps its signature and docstring, and raises at once with
+    # "exercise N" (decorators kept)
+    for n, ex in exercises.EXERCISES.items():
+        for q in ex.functions:
+            module = importlib.import_module(q.split(".")[0])
+            original = getattr(module, q.split(".")[1])
+            namespace = {"__name__": "student_" + module.__name__}
+            exec(compile(exercises.stub(inspect.getsource(module), q, n), q, "exec"), namespace)
+            stubbed = namespace[q.split(".")[1]]
+            assert inspect.signature(stubbed) == inspect.signature(original) and stubbed.__doc__ == original.__doc__
+            with pytest.raises(NotImplementedError, match=f"^exercise {n}: {q} "):
+                stubbed(*[None] * len(inspect.signature(original).parameters))
+
+
+def test_exercises_a_tie_aware_auroc_by_another_route_passes_exercise_1(monkeypatch):
+    # property: the checks test the number, not our route: an O(n^2) pair count passes exercise 1's checks
+    def pairs(y, s):
+        wins = (s[y == 1][:, None] > s[y == 0][None, :]) + 0.5 * (s[y == 1][:, None] == s[y == 0][None, :])
+        return float(wins.mean())
+    monkeypatch.setattr(evaluate, "rank_auroc", pairs)
+    for name in exercises.EXERCISES[1].checks:
+        globals()[name]()
+
+
+def test_exercises_unknown_number_or_existing_folder_is_a_user_error(tmp_path):
+    # property: `check 13` and a student edition into an existing folder exit 2 with one sentence
+    for args in (["check", "13"], ["student", str(tmp_path)], ["check", "one"]):
+        p = subprocess.run([sys.executable, os.path.join(HERE, "exercises.py"), *args], capture_output=True, text=True)
+        assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, args
+
+
+def test_exercises_student_edition_run_stops_at_the_first_missing_exercise(tmp_path):
+    # property: in the student edition `python run.py --objective svdd` ends in one line naming the first
+    # exercise it reaches (the autoencoder's reconstruction score), exit 1, no traceback
+    dest = exercises.student(str(tmp_path / "student"))
+    p = subprocess.run([sys.executable, "run.py", "--objective", "svdd", "--quiet"], cwd=dest, capture_output=True,
+                       text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip().splitlines() == [f"not written yet: {exercises.message(2, 'ae.reconstruction_error')}"]
+
+
+@pytest.mark.slow
+def test_exercises_each_check_fails_on_its_stub_and_passes_with_the_ones_before(tmp_path):
+    # property: in the student edition with exercises k+1.. stubbed, every check of exercise k passes and
+    # every check of exercise k+1 fails on its own stub: each exercise needs only itself and the ones before
+    last = max(exercises.EXERCISES)
+    def start(k):
+        dest = exercises.student(str(tmp_path / f"solved-{k}"), range(k + 1, last + 1))
+        numbers = [str(n) for n in (k, k + 1) if n in exercises.EXERCISES]
+        return subprocess.Popen([sys.executable, "exercises.py", "check", *numbers], cwd=dest, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    outputs, pending = {}, list(range(last + 1))
+    while pending:
+        running = {k: start(k) for k in pending[:2]}
+        outputs.update({k: p.communicate()[0] for k, p in running.items()})
+        pending = pending[2:]
+    for k, out in outputs.items():
+        blocks = dict(re.findall(r"^exercise (\d+): .*\n((?:  .*\n)*)", out, re.M))
+        for n, want in ((k, "pass"), (k + 1, "FAILED")):
+            if n in exercises.EXERCISES:
+                lines = [l.split()[0] for l in blocks[str(n)].splitlines()[:-1]]
+                assert len(lines) >= len(exercises.EXERCISES[n].checks) and set(lines) == {want}, (k, n, out)
+                if want == "FAILED":
+                    assert blocks[str(n)].count(f"exercise {n}: ") == len(lines), out
+
+
