@@ -41,7 +41,8 @@ EXERCISES = {
     2: Exercise("The reconstruction score", ("ae.reconstruction_error",),
                 "the DCAE's score s(x) = ||x - x_hat||^2 (Masci et al., 2011; a baseline of Deep SVDD, Ruff et "
                 "al., 2018)",
-                ("test_ae_reconstruction_error_hand_values", "test_ae_reconstruction_scores_are_per_sample_squared_error"),
+                ("test_ae_reconstruction_error_hand_values",
+                 "test_ae_reconstruction_scores_are_per_sample_squared_error"),
                 "one value per image: square the difference, sum over channels, rows and columns"),
     3: Exercise("Why c is fixed and pushed away from zero", ("svdd.init_center",),
                 "Deep SVDD's centre rule and Prop. 1 (Ruff et al., 2018)",
@@ -65,7 +66,8 @@ EXERCISES = {
     7: Exercise("OC-NN's linear objective runs away", ("ocnn.ocnn_loss", "ocnn.update_r"),
                 "OC-NN's objective and its r-step (Chalapathy, Menon & Chawla, 2018; r by the paper's theorem)",
                 ("test_ocnn_loss_hand_values", "test_ocnn_r_is_the_nu_quantile",
-                 "test_exercise_ocnn_linear_objective_is_unbounded", "test_exercise_ocnn_joint_growing_codes_lowers_the_loss"),
+                 "test_exercise_ocnn_linear_objective_is_unbounded",
+                 "test_exercise_ocnn_joint_growing_codes_lowers_the_loss"),
                 "1/2 ||w||^2 + 1/2 ||V||_F^2 + mean hinge / nu - r; r = the k-th smallest output, k = ceil(nu N)"),
     8: Exercise("Hyperplane or sphere?", ("ocnn.ocnn_scores",),
                 "OC-NN's decision function, s(x) = r - <w, g(V phi(x))> (Chalapathy, Menon & Chawla, 2018)",
@@ -204,7 +206,8 @@ def main(args):
     what = args[0] if args else ""
     if what == "student" and len(args) >= 2:
         dest = student(args[1], numbers_of(args[2:]) if args[2:] else None)
-        print(f"the student edition is in {dest}: EXERCISES.md is the handout, `python exercises.py check N` the checks")
+        print(f"the student edition is in {dest}: EXERCISES.md is the handout, `python exercises.py check N` "
+              f"the checks")
         return 0
     if what == "check":
         return 0 if all([check(n) for n in numbers_of(args[1:])]) else 1

@@ -9,8 +9,9 @@ A lane runs the seven sweeps of one representation (resumable: started again, a 
 and the representation is trained once per class and seed, then read from the cache by every objective).
 Budget (the hybrid runs' of results/README.md, section 7.1): the autoencoders 10 epochs (CIFAR-10: lr x0.1
 after 8), transformation prediction with BatchNorm without a learned shift (MNIST: its defaults, the 72
-transformations for 25 epochs; CIFAR-10: CIFAR10_GEOM below), one-class and soft-boundary Deep SVDD 10 epochs (R set after 2), OC-NN joint 50
-(head lr x0.1 after 20), the shallow detectors on the codes at their defaults.
+transformations for 25 epochs; CIFAR-10: CIFAR10_GEOM below), one-class and soft-boundary Deep SVDD
+10 epochs (R set after 2), OC-NN joint 50 (head lr x0.1 after 20), the shallow detectors on the codes at
+their defaults.
 
 `table` reads the run folders under runs/matrix-<dataset>/ and writes results/<dataset>-matrix-runs.csv (one
 row per finished run), results/<dataset>-matrix.csv (per cell: the mean over the ten classes of the AUROC
