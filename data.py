@@ -609,7 +609,7 @@ class OneClassData:
     polluted: torch.Tensor      # (n,) bool, True for the injected anomalies
     scale: tuple                # (lo, hi): min and max of the training pixels after GCN; (0, 1) per image
     dataset: str
-    normal_class: int
+    normal_class: object        # k, or a tuple of classes whose union is normal
 
 
 _ARRAYS = {"mnist": _mnist_arrays, "cifar10": _cifar_arrays, "folder": _folder_arrays}
@@ -654,9 +654,17 @@ def read_images(paths):
     return np.stack(out), FOLDER_MODES[ref[1]], ref[2]
 
 
+def normal_classes(normal_class):
+    """The normal classes as a tuple: (k,) for one class k; several (a list or tuple) sorted."""
+    return tuple(sorted(normal_class)) if isinstance(normal_class, (list, tuple)) else (normal_class,)
+
+
 def one_class_split(dataset, normal_class, pollution_rate=0.0, seed=0, root="data", device="cpu",
                     scaling="class"):
     """Deep SVDD's one-class experiment for `normal_class`, optionally polluted (see the module docstring).
+
+    normal_class: one class k, or a tuple of classes: their union is the normal class (training images, GCN
+    and min-max constants), every other class an anomaly, pollution drawn from those others.
 
     scaling: 'class' (the paper's GCN + min-max with the training set's two constants), 'minmax' (the same
     min-max without GCN: the Deep SVDD code's shallow baselines where it passes no --gcn) or 'image' (the seed
@@ -667,19 +675,23 @@ def one_class_split(dataset, normal_class, pollution_rate=0.0, seed=0, root="dat
     if scaling not in ("class", "minmax", "image"):
         raise ValueError(f"scaling must be 'class', 'minmax' or 'image', not {scaling!r}.")
     classes = folder_classes(root) if dataset == "folder" else range(10)  # a folder: its sorted class names
-    if isinstance(normal_class, bool) or not isinstance(normal_class, (int, np.integer)) \
-            or not 0 <= normal_class < len(classes):
+    ks = normal_classes(normal_class)
+    if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < len(classes)
+                     for k in ks):
         names = f" (the classes {', '.join(classes)}: data.class_index maps a name to its index)" \
             if dataset == "folder" else ""
-        raise ValueError(f"normal_class must be an integer class label in 0..{len(classes) - 1}{names}, "
-                         f"not {normal_class!r}.")
+        raise ValueError(f"normal_class must be an integer class label in 0..{len(classes) - 1}{names}, or a "
+                         f"tuple of them, not {normal_class!r}.")
+    if len(set(ks)) < len(ks) or len(ks) == len(classes):
+        raise ValueError(f"the normal classes {normal_class!r} must be distinct and leave at least one class to be "
+                         f"the anomalies.")
     if not 0 <= pollution_rate < 1:
         raise ValueError(f"pollution_rate is the anomalies' share of the train set, so it must lie in "
                          f"[0, 1), not {pollution_rate!r}.")
     x_all, y_all = _ARRAYS[dataset](root, True)  # read-only, cached
     x_te, y_te = _ARRAYS[dataset](root, False)
-    normal = np.flatnonzero(y_all == normal_class)  # official training indices of class k
-    others = np.flatnonzero(y_all != normal_class)
+    normal = np.flatnonzero(np.isin(y_all, ks))  # official training indices of the normal classes
+    others = np.flatnonzero(~np.isin(y_all, ks))
     k_p = round(pollution_rate * len(normal) / (1 - pollution_rate))  # k_p / (n + k_p) = p, to rounding
     if k_p > len(others):
         raise ValueError(f"pollution_rate {pollution_rate} needs {k_p} anomalies but the other classes "
@@ -691,9 +703,9 @@ def one_class_split(dataset, normal_class, pollution_rate=0.0, seed=0, root="dat
     x_train = _normalize(_to_float64(x_all[train_index]), scaling)  # (n, C, H, W) float64
     x_test = _normalize(_to_float64(x_te), scaling)  # (10000, C, H, W) float64
     if x_train.min() == x_train.max():  # nothing to learn, and the min-max below would divide by 0
-        raise DataError(f"every training image of class {classes[normal_class]} is the same constant after "
-                        f"the {scaling!r} preprocessing (blank images, or images too small to vary, such as "
-                        f"1x1), so there is nothing to learn; use images whose pixels vary.")
+        raise DataError(f"every training image of class {'+'.join(str(classes[k]) for k in ks)} is the same "
+                        f"constant after the {scaling!r} preprocessing (blank images, or images too small to vary, "
+                        f"such as 1x1), so there is nothing to learn; use images whose pixels vary.")
     if scaling == "image":
         lo, hi = 0.0, 1.0  # no shared constants: (0, 1) leaves the images as they are below
     else:
@@ -702,8 +714,8 @@ def one_class_split(dataset, normal_class, pollution_rate=0.0, seed=0, root="dat
     return OneClassData(
         x_train=((x_train - lo) / (hi - lo)).to(dev, torch.float32),
         x_test=((x_test - lo) / (hi - lo)).to(dev, torch.float32),  # same constants: may leave [0, 1]
-        y_test=torch.from_numpy((y_te != normal_class).astype(np.int64)).to(dev),
+        y_test=torch.from_numpy((~np.isin(y_te, ks)).astype(np.int64)).to(dev),
         test_classes=torch.from_numpy(y_te.copy()).to(dev),
         train_index=torch.from_numpy(train_index.astype(np.int64)).to(dev),
         polluted=torch.from_numpy(np.arange(len(train_index)) >= len(normal)).to(dev),
-        scale=(lo, hi), dataset=dataset, normal_class=int(normal_class))
+        scale=(lo, hi), dataset=dataset, normal_class=int(ks[0]) if len(ks) == 1 else ks)

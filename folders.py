@@ -258,10 +258,10 @@ def new_run_folder(out, name):
     raise SaveError(f"could not make a new run folder in {out}: 99 began in the second {stamp}", user=True)
 
 
-def cache_path(out, dataset, pretrain, normal_class, stage1_settings, data_id):
+def cache_path(out, dataset, pretrain, class_tag, stage1_settings, data_id):
     """<out>/cache/<dataset>-<pretrain>-<key>-class<k>.pt: the key covers the data and the stage-1 settings."""
     key = key_of(stage1_settings, data_id)
-    return os.path.join(out, "cache", f"{dataset}-{pretrain}-{key}-class{normal_class}.pt")
+    return os.path.join(out, "cache", f"{dataset}-{pretrain}-{key}-class{class_tag}.pt")
 
 
 def cached(path, model, train):

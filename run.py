@@ -154,7 +154,7 @@ def stage1(cfg, d, network, device, data_id, clock):
         if d.polluted.any():
             extra["N_l1_per_image_polluted"] = mass[d.polluted.cpu()].mean().item()
         return {"history": history, "extra": extra}
-    path = folders.cache_path(cfg.out, cfg.dataset, cfg.pretrain, cfg.normal_class,
+    path = folders.cache_path(cfg.out, cfg.dataset, cfg.pretrain, settings.class_tag(cfg.normal_class, None),
                               settings.used_settings(cfg, stage1_only=True), data_id)
     saved = folders.cached(path, model, train)
     return model, saved["history"], saved["extra"]

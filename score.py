@@ -89,8 +89,8 @@ def image_paths(items):
 
 
 def load_run(run_dir, device):
-    """(Config, score function, threshold, preprocessing constants, expected (channels, [h, w])) of a finished
-    run, from its model.pt alone (read, never moved aside)."""
+    """(Config, its normal class as shown, score function, threshold, preprocessing constants, expected (channels,
+    [h, w])) of a finished run, from its model.pt alone (read, never moved aside)."""
     saved = folders.load_torch(os.path.join(run_dir, "model.pt"), "run model", "nothing is scored", set_aside=False)
     if saved is None or not os.path.exists(os.path.join(run_dir, "metrics.json")):
         raise UserError(f"{run_dir} is not a finished run folder (it needs a readable model.pt and metrics.json); "
@@ -98,9 +98,11 @@ def load_run(run_dir, device):
     try:
         fields = {f.name for f in dataclasses.fields(settings.Config)}
         cfg = settings.Config(**{k: v for k, v in saved["config"].items() if k in fields})
+        cfg.normal_class = tuple(cfg.normal_class) if isinstance(cfg.normal_class, list) else cfg.normal_class
         s, _ = scorer(cfg, saved, saved["network"], device)
         channels = 1 if saved["network"] == "mnist" else 3
-        return cfg, s, float(saved["threshold"]), saved["scale"], (channels, list(saved["image_size"]))
+        normal = settings.class_tag(cfg.normal_class, saved["config"].get("normal_class_name"))
+        return cfg, normal, s, float(saved["threshold"]), saved["scale"], (channels, list(saved["image_size"]))
     except (KeyError, TypeError, ValueError, RuntimeError) as e:     # RuntimeError: a state of another shape
         raise UserError(f"{run_dir}/model.pt does not hold a run this version of the code can score "
                         f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); train it again with run.py.") from None
@@ -118,7 +120,7 @@ def main(argv=None):
         if os.path.isdir(args.out):
             raise UserError(f"--out {args.out} is a folder; give the name of the CSV file to write.")
         device = settings.pick_device(args.device)
-        cfg, s, threshold, scale, (channels, size) = load_run(args.run_dir, device)
+        cfg, normal, s, threshold, scale, (channels, size) = load_run(args.run_dir, device)
         paths = image_paths(args.images)
         try:
             images, got_channels, got_size = data.read_images(paths)
@@ -139,8 +141,8 @@ def main(argv=None):
                 w.writerow(["path", "score", "flagged"])
                 w.writerows((p, f"{s:.9g}", int(s > threshold)) for p, s in zip(paths, scores))
         folders.write_whole(args.out, write)
-        print(f"{len(paths)} images scored, {int((scores > threshold).sum())} flagged (threshold {threshold:.6g}) "
-              f"-> {args.out}")
+        print(f"{len(paths)} images scored against {cfg.dataset} class {normal} ({settings.method_name(cfg)}), "
+              f"{int((scores > threshold).sum())} flagged (threshold {threshold:.6g}) -> {args.out}")
         return scores
     return settings.cli(body)
 

@@ -139,8 +139,10 @@ class Config:
     # data
     dataset: str = opt("mnist", "the data set; folder: --data-root DIR with DIR/train/<class>/, DIR/test/<class>/",
                        one_of("mnist", "cifar10", "folder"))
-    normal_class: int = opt(0, "the normal class: 0..9, or a folder's class by name (sweep.py runs several)",
-                            Valid("a class index", lambda v: isinstance(v, int) and v >= 0))
+    normal_class: int = opt(0, "the normal class: 0..9 or a folder's class by name; several joined by + (1+7, "
+                               "cat+dog) make one normal class of their union (sweep.py runs several experiments)",
+                            Valid("a class index, or a tuple of them", lambda v: all(
+                                type(k) is int and k >= 0 for k in data.normal_classes(v))))
     pollution_rate: float = opt(0.0, "fraction of anomalies mixed into the training set", between(0, 1, hi_open=True))
     scaling: str = opt("class", "class = GCN, then min-max with the training set's two constants (the papers); "
                                 "minmax = the same without GCN; image = each image min-max scaled alone (the "
@@ -260,13 +262,18 @@ def method_name(cfg):
 
 
 def class_name(cfg):
-    """A folder's normal class by its name; None for MNIST and CIFAR-10 (their classes are numbers here)."""
-    return data.folder_classes(cfg.data_root)[cfg.normal_class] if cfg.dataset == "folder" else None
+    """A folder's normal class by its name ('cat', or 'cat+dog' for several); None for MNIST and CIFAR-10 (their
+    classes are numbers here)."""
+    if cfg.dataset != "folder":
+        return None
+    return "+".join(data.folder_classes(cfg.data_root)[k] for k in data.normal_classes(cfg.normal_class))
 
 
 def class_tag(k, name):
-    """The class as folders and titles show it: '7', or '7-three' for a folder's class named three."""
-    return f"{k}-{name}" if name not in (None, str(k)) else str(k)
+    """The class as folders and titles show it: '7', '1+7' for several, or '7-three' for a folder's class named
+    three."""
+    number = "+".join(map(str, data.normal_classes(k)))
+    return f"{number}-{name}" if name not in (None, number) else number
 
 
 def run_name(cfg):
@@ -298,9 +305,17 @@ class Parser(argparse.ArgumentParser):
 
 
 def class_of(dataset, root, text):
-    """--normal-class as an index: a folder's class by its name (data.class_index), else 0..9."""
+    """--normal-class as an index: a folder's class by its name (data.class_index), else 0..9; several joined by
+    + (1+7, cat+dog) as their sorted tuple, whose union is the normal class."""
     if dataset == "folder" and text in data.folder_classes(root):   # an exact name wins, even 'all' or 'a,b'
         return data.class_index(root, text)
+    if "+" in text:
+        ks = [class_of(dataset, root, part) for part in text.split("+")]
+        n = len(data.folder_classes(root)) if dataset == "folder" else 10
+        if len(set(ks)) < len(ks) or len(ks) >= n:
+            raise UserError(f"--normal-class {text} must name distinct classes and leave at least one of the {n} "
+                            f"to be the anomalies.")
+        return tuple(sorted(ks))
     if text == "all" or "," in text:
         raise UserError(f"--normal-class {text} is not one class; python sweep.py --normal-class {text} runs several.")
     if dataset == "folder":
@@ -339,6 +354,8 @@ def make_config(given):
     try:                                                              # a folder's problems are the user's to fix
         if isinstance(cfg.normal_class, str):                         # from the command line: index or name
             cfg.normal_class = class_of(cfg.dataset, cfg.data_root, cfg.normal_class)
+        elif isinstance(cfg.normal_class, list):                      # several, from a config.json
+            cfg.normal_class = tuple(cfg.normal_class)
         known = cfg.dataset in ("mnist", "cifar10") or (cfg.dataset == "folder" and cfg.data_root)
         preset = PRESETS.get((network(cfg), cfg.settings), {}) if known else {}
     except data.DataError as e:

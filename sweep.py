@@ -40,7 +40,7 @@ from settings import UserError
 
 def classes_of(dataset, root, given):
     """The class indices of --normal-class: a folder's class by its exact name (even 'all' or 'a,b'); 'all' ->
-    every class of the data set; else a list such as 0,2,5, each one as settings.class_of reads it."""
+    every class of the data set; else a list such as 0,2,5 or 1+7,4+9, each one as settings.class_of reads it."""
     try:
         if dataset == "folder" and given in data.folder_classes(root):
             return [data.class_index(root, given)]
@@ -57,7 +57,8 @@ def make_parser():
     parser.description = "Many experiments of run.py: classes x seeds, resumable, with a summary."
     group = parser.add_argument_group("sweep")
     group.add_argument("--normal-class", default="0",
-                       help="the normal classes: one, a list such as 0,2,5, or all (default: 0)")
+                       help="the normal classes: one, a list such as 0,2,5, or all; a normal class made of several "
+                            "joins them by + (1+7,4+9) (default: 0)")
     group.add_argument("--seeds", type=int, nargs="+", default=[0], help="one or more seeds (default: 0)")
     group.add_argument("--seed", type=int, help=argparse.SUPPRESS)   # run.py's; refused here with a reason
     group.add_argument("--jobs", type=int, default=1,
@@ -113,7 +114,7 @@ def sweep(cfg, classes, seeds, jobs, device, data_id):
             tasks[k, s] = (dataclasses.replace(cfg, normal_class=k, seed=s), folder, str(device), data_id)
     if jobs == 1:
         for (k, s), task in tasks.items():
-            training.banner(f"sweep run: class {k}, seed {s}")
+            training.banner(f"sweep run: class {settings.class_tag(k, None)}, seed {s}")
             rows[k, s] = run_here(*task)
     elif tasks:
         jobs = min(jobs, len(tasks))
@@ -184,11 +185,11 @@ def write_summary(folder, rows, cfg):
     """
     by_class = {}
     for m in rows:
-        by_class.setdefault(m["normal_class"], []).append(m)
+        by_class.setdefault(data.normal_classes(m["normal_class"]), []).append(m)
     table = []
     for k, ms in sorted(by_class.items()):
         a = 100 * np.array([m["auroc"] for m in ms])
-        table.append({"dataset": cfg.dataset, "normal_class": k, "normal_class_name": ms[0].get("normal_class_name"),
+        table.append({"dataset": cfg.dataset, "normal_class": settings.class_tag(k, None), "normal_class_name": ms[0].get("normal_class_name"),
                       "method": settings.method_name(cfg),
                       "auroc_mean": round(a.mean(), 2), "auroc_std": round(a.std(), 2), "n_seeds": len(ms),
                       "seeds": " ".join(str(m["seed"]) for m in ms), "epochs": stage_epochs(cfg),

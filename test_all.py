@@ -2806,6 +2806,50 @@ def test_run_folder_classes_are_shown_by_their_names(tmp_path, capsys):
     assert "| 1-dog |" in summary.read_text()
 
 
+# ---------------------------------------------------------------------------------------------------
+# Several classes as one normal class
+# ---------------------------------------------------------------------------------------------------
+
+def test_data_several_normal_classes_count_label_and_scale_as_their_union():
+    # property: MNIST 1+7: the training set holds every training image of 1 and of 7 (the sum of the two
+    # counts), the test labels are 0 exactly on test 1s and 7s, and lo, hi are the union's: the min of the two
+    # classes' lo and the max of their hi
+    one, seven = (data.one_class_split("mnist", k, root=DATA) for k in (1, 7))
+    both = data.one_class_split("mnist", (1, 7), root=DATA)
+    assert len(both.x_train) == len(one.x_train) + len(seven.x_train) and both.normal_class == (1, 7)
+    assert torch.equal(both.y_test, (~torch.isin(both.test_classes, torch.tensor([1, 7]))).long())
+    assert both.scale == (min(one.scale[0], seven.scale[0]), max(one.scale[1], seven.scale[1]))
+    assert set(both.test_classes[both.y_test == 0].tolist()) == {1, 7}
+
+
+def test_data_several_normal_classes_draw_the_pollution_from_the_others():
+    # property: with pollution, the injected images all come from the classes outside the normal set, and make
+    # the asked fraction of the union's training set
+    x_all, y_all = data.load_mnist(DATA, True)
+    d = data.one_class_split("mnist", (3, 5, 8), pollution_rate=0.1, root=DATA)
+    injected = y_all[d.train_index[d.polluted].numpy()]
+    assert not np.isin(injected, [3, 5, 8]).any() and d.polluted.float().mean().item() == pytest.approx(0.1, abs=1e-3)
+    assert np.isin(y_all[d.train_index[~d.polluted].numpy()], [3, 5, 8]).all()
+
+
+def test_run_several_normal_classes_are_one_set_in_any_order_and_named_everywhere(tmp_path, capsys):
+    # property: --normal-class 7+1 and 1+7 are the same set (sorted), named 1+7 in the run folder, the console,
+    # metrics.json and a sweep's summary; a folder's classes by name (dog+all); a repeated or every class exits 2
+    root = _class_folder(tmp_path / "pngs", ["all", "cat", "dog"])
+    flags = ["--dataset", "folder", "--data-root", root, "--out", str(tmp_path / "runs"), "--objective", "kde"]
+    m = run.main(flags + ["--normal-class", "dog+all"])
+    (run_dir,) = (tmp_path / "runs").glob("*-folder-0+2-all+dog-pixels+kde")
+    assert m["normal_class"] == (0, 2) and m["n_train"] == 24 and "class 0+2-all+dog" in capsys.readouterr().out
+    assert json.loads((run_dir / "metrics.json").read_text())["normal_class"] == [0, 2]
+    sweep.main(flags + ["--normal-class", "all+dog,cat"])
+    (summary,) = (tmp_path / "runs").glob("sweep-*/summary.md")
+    assert "| 0+2-all+dog |" in summary.read_text() and "| 1-cat |" in summary.read_text()
+    for bad in ("cat+cat", "all+cat+dog"):
+        with pytest.raises(SystemExit) as e:
+            run.main(flags + ["--normal-class", bad])
+        assert e.value.code == 2
+
+
 def test_run_batch_size_above_the_training_set_is_said(tiny_root, tmp_path, capsys):
     # property: a batch larger than the training set (one step an epoch) gets a one-line warning
     run.main(["--data-root", tiny_root, "--out", str(tmp_path), "--objective", "own", "--batch-size", "500"] + SHORT)
@@ -2885,7 +2929,7 @@ def test_run_shallow_detectors_write_a_whole_run_folder(tiny_root, tmp_path, fla
     m = run.main(["--data-root", tiny_root, "--out", str(tmp_path), "--normal-class", "3"] + FAST + flags)
     (run_dir,) = tmp_path.glob("*-mnist-3-*")
     assert run_dir.name.endswith(("pixels+", "ae+")[flags[-1] == "codes"] + flags[1]) and m["auroc"] > 0.6
-    _, score_fn, _, _, _ = score.load_run(str(run_dir), torch.device("cpu"))     # from model.pt alone
+    _, _, score_fn, _, _, _ = score.load_run(str(run_dir), torch.device("cpu"))     # from model.pt alone
     d = data.one_class_split("mnist", 3, root=tiny_root)
     _, s, _ = _scores_csv(run_dir)
     assert np.allclose(score_fn(d.x_test).numpy(), s, rtol=1e-6)
@@ -3275,7 +3319,8 @@ def test_exercises_each_check_fails_on_its_stub_and_passes_with_the_ones_before(
         dest = exercises.student(str(tmp_path / f"solved-{k}"), range(k + 1, last + 1))
         numbers = [str(n) for n in (k, k + 1) if n in exercises.EXERCISES]
         return subprocess.Popen([sys.executable, "exercises.py", "check", *numbers], cwd=dest, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
     outputs, pending = {}, list(range(last + 1))
     while pending:
         running = {k: start(k) for k in pending[:2]}
