@@ -659,6 +659,11 @@ def normal_classes(normal_class):
     return tuple(sorted(normal_class)) if isinstance(normal_class, (list, tuple)) else (normal_class,)
 
 
+def normal_mask(labels, normal_class):
+    """True where a label is one of the normal classes (k, or a tuple of them): labels (N,) int -> (N,) bool."""
+    return np.isin(labels, normal_classes(normal_class))
+
+
 def one_class_split(dataset, normal_class, pollution_rate=0.0, seed=0, root="data", device="cpu",
                     scaling="class"):
     """Deep SVDD's one-class experiment for `normal_class`, optionally polluted (see the module docstring).
@@ -690,8 +695,8 @@ def one_class_split(dataset, normal_class, pollution_rate=0.0, seed=0, root="dat
                          f"[0, 1), not {pollution_rate!r}.")
     x_all, y_all = _ARRAYS[dataset](root, True)  # read-only, cached
     x_te, y_te = _ARRAYS[dataset](root, False)
-    normal = np.flatnonzero(np.isin(y_all, ks))  # official training indices of the normal classes
-    others = np.flatnonzero(~np.isin(y_all, ks))
+    normal = np.flatnonzero(normal_mask(y_all, ks))  # official training indices of the normal classes
+    others = np.flatnonzero(~normal_mask(y_all, ks))
     k_p = round(pollution_rate * len(normal) / (1 - pollution_rate))  # k_p / (n + k_p) = p, to rounding
     if k_p > len(others):
         raise ValueError(f"pollution_rate {pollution_rate} needs {k_p} anomalies but the other classes "
@@ -714,7 +719,7 @@ def one_class_split(dataset, normal_class, pollution_rate=0.0, seed=0, root="dat
     return OneClassData(
         x_train=((x_train - lo) / (hi - lo)).to(dev, torch.float32),
         x_test=((x_test - lo) / (hi - lo)).to(dev, torch.float32),  # same constants: may leave [0, 1]
-        y_test=torch.from_numpy((~np.isin(y_te, ks)).astype(np.int64)).to(dev),
+        y_test=torch.from_numpy((~normal_mask(y_te, ks)).astype(np.int64)).to(dev),
         test_classes=torch.from_numpy(y_te.copy()).to(dev),
         train_index=torch.from_numpy(train_index.astype(np.int64)).to(dev),
         polluted=torch.from_numpy(np.arange(len(train_index)) >= len(normal)).to(dev),

@@ -115,6 +115,14 @@ def rank_auroc(y, s):
     return float(U / (n_1 * n_0))
 
 
+def auroc_per_class(classes, labels, scores):
+    """{k: AUROC of the normal images against the anomalies of class k alone} for each class k among the
+    anomalies; classes: (n,) the original class of each image, labels: (n,) 1 = anomaly, scores: (n,)."""
+    classes, labels, scores = np.asarray(classes), np.asarray(labels), np.asarray(scores)
+    return {int(k): auroc(labels[(labels == 0) | (classes == k)], scores[(labels == 0) | (classes == k)])
+            for k in np.unique(classes[labels == 1])}
+
+
 def _counts(y, s):
     """TP(t) and FP(t) of eq. (2) at each distinct score t, highest first: (tp, fp, thresholds), each (m,)."""
     order = np.argsort(-s, kind="stable")                     # (n,) descending

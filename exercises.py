@@ -95,6 +95,11 @@ EXERCISES = {
                   "test_kde_far_point_stays_finite", "test_shallow_kde_leave_one_out_equals_the_brute_force_sum",
                   "test_shallow_kde_threshold_from_train_scores_flags_the_level_of_unseen_points"),
                  "log-sum-exp of -d^2 / 2h^2, minus log n and d/2 log(2 pi h^2); leave x_i out of its own sum"),
+    13: Exercise("One sphere, two modes", ("evaluate.auroc_per_class",),
+                 "the AUROC of exercise 1 for each anomaly class alone, under Deep SVDD's protocol (Ruff et al., "
+                 "2018) with a normal class made of several",
+                 ("test_eval_auroc_per_class_hand_values", "test_exercise_one_sphere_pays_for_two_modes_on_pixels"),
+                 "for each class k among the anomalies: the AUROC of the normal images and class k's images alone"),
 }
 
 SKIP = {".git", "runs", ".cache", "__pycache__", ".pytest_cache"}    # never part of an edition

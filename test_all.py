@@ -2832,6 +2832,27 @@ def test_data_several_normal_classes_draw_the_pollution_from_the_others():
     assert np.isin(y_all[d.train_index[~d.polluted].numpy()], [3, 5, 8]).all()
 
 
+def test_exercise_one_sphere_pays_for_two_modes_on_pixels():
+    # property (exercise 13): on pixels, one sphere around the mean image (phi = identity) loses more to the
+    # exact KDE (fixed h) when the normal class is 1+7 than when it is 1 or 7 alone, in the mean over the
+    # anomaly classes of the per-class AUROC: the centre lies between the two modes, where no normal image is
+    gaps = {}
+    for normal in (1, 7, (1, 7)):
+        d = data.one_class_split("mnist", normal, root=DATA, scaling="minmax")
+        x, xt, classes, y = d.x_train[::10].flatten(1).double(), d.x_test[:2000].flatten(1).double(), \
+            d.test_classes[:2000], d.y_test[:2000]
+        per_class = lambda s: np.mean(list(evaluate.auroc_per_class(classes, y, s).values()))
+        gaps[normal] = per_class(shallow.kde_scores(xt, x, 0.15).numpy()) - per_class(((xt - x.mean(0)) ** 2).sum(1))
+    assert gaps[1, 7] > max(gaps[1], gaps[7]) + 0.03, gaps
+
+
+def test_eval_auroc_per_class_hand_values():
+    # property: each anomaly class against the normal images alone; normal {.1, .4}, class 3 {.5, .2}, class 5
+    # {.9}: class 3 wins 2 + 1 of 4 pairs -> 0.75, class 5 wins 2 of 2 -> 1.0; normal classes get no entry
+    got = evaluate.auroc_per_class([1, 7, 3, 3, 5], [0, 0, 1, 1, 1], [0.1, 0.4, 0.5, 0.2, 0.9])
+    assert got == {3: 0.75, 5: 1.0}
+
+
 def test_run_several_normal_classes_are_one_set_in_any_order_and_named_everywhere(tmp_path, capsys):
     # property: --normal-class 7+1 and 1+7 are the same set (sorted), named 1+7 in the run folder, the console,
     # metrics.json and a sweep's summary; a folder's classes by name (dog+all); a repeated or every class exits 2
