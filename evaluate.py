@@ -116,9 +116,9 @@ def rank_auroc(y, s):
 
 
 def auroc_per_class(classes, labels, scores):
-    """{k: AUROC of the normal images against the anomalies of class k alone} for each class k among the
-    anomalies; classes: (n,) the original class of each image, labels: (n,) 1 = anomaly, scores: (n,)."""
-    classes, labels, scores = np.asarray(classes), np.asarray(labels), np.asarray(scores)
+    """{k: AUROC of the normal images against the anomalies of class k alone, a float} for each class k among
+    the anomalies; numpy arrays classes: (n,) int, the original class of each image, labels: (n,) 0/1 (1 =
+    anomaly), scores: (n,) float."""
     return {int(k): auroc(labels[(labels == 0) | (classes == k)], scores[(labels == 0) | (classes == k)])
             for k in np.unique(classes[labels == 1])}
 

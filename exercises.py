@@ -14,6 +14,7 @@ Checks test the idea, not the wording: the input validation a function needs sta
 import ast
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -63,39 +64,40 @@ EXERCISES = {
                 ("test_rcae_soft_threshold_hand_values", "test_rcae_huge_lambda_is_the_plain_autoencoder",
                  "test_rcae_zero_lambda_absorbs_the_whole_residual"),
                 "S_t(b) = sign(b) max(|b| - t, 0), elementwise"),
-    7: Exercise("OC-NN's linear objective runs away", ("ocnn.ocnn_loss", "ocnn.update_r"),
-                "OC-NN's objective and its r-step (Chalapathy, Menon & Chawla, 2018; r by the paper's theorem)",
+    7: Exercise("OC-NN: its objective runs away, and its score is a hyperplane's",
+                ("ocnn.ocnn_loss", "ocnn.update_r", "ocnn.ocnn_scores"),
+                "OC-NN's objective, its r-step and its decision function s(x) = r - <w, g(V phi(x))> (Chalapathy, "
+                "Menon & Chawla, 2018; r by the paper's theorem)",
                 ("test_ocnn_loss_hand_values", "test_ocnn_r_is_the_nu_quantile",
                  "test_exercise_ocnn_linear_objective_is_unbounded",
-                 "test_exercise_ocnn_joint_growing_codes_lowers_the_loss"),
-                "1/2 ||w||^2 + 1/2 ||V||_F^2 + mean hinge / nu - r; r = the k-th smallest output, k = ceil(nu N)"),
-    8: Exercise("Hyperplane or sphere?", ("ocnn.ocnn_scores",),
-                "OC-NN's decision function, s(x) = r - <w, g(V phi(x))> (Chalapathy, Menon & Chawla, 2018)",
-                ("test_ocnn_score_sign", "test_exercise_ocnn_linear_head_scores_by_the_direction_u"),
-                "higher = more anomalous: r minus the head's output, for every image"),
-    9: Exercise("Unit codes bound OC-NN's objective", ("ocnn.unit_codes",),
-                "the seed lab's normalized codes z / ||z|| (PAPERS.md 5b) under OC-NN's objective",
+                 "test_exercise_ocnn_joint_growing_codes_lowers_the_loss", "test_ocnn_score_sign",
+                 "test_exercise_ocnn_linear_head_scores_by_the_direction_u"),
+                "1/2 ||w||^2 + 1/2 ||V||_F^2 + mean hinge / nu - r; r = the k-th smallest output, k = ceil(nu N); "
+                "s = r - y_hat"),
+    8: Exercise("Unit codes bound OC-NN's objective", ("ocnn.unit_codes",),
+                "the normalized codes z / ||z|| of the seed lab's joint OC-NN (on-anomaly-detection) under OC-NN's "
+                "objective",
                 ("test_ocnn_unit_codes_ignore_the_code_length", "test_exercise_ocnn_unit_codes_bound_the_loss"),
                 "divide each row by its length, never by less than eps"),
-    10: Exercise("One sphere, a fixed kernel or a learnt map", ("shallow.ocsvm_rho",),
+    9: Exercise("One sphere, a fixed kernel or a learnt map", ("shallow.ocsvm_rho",),
                  "the OC-SVM's offset rho from the KKT conditions, (O3) (Schölkopf et al., 2001), and kernel SVDD "
                  "(Tax & Duin, 2004)",
                  ("test_ocsvm_kernel_svdd_view", "test_exercise_kernel_sphere_and_ocsvm_rank_alike_on_real_digits"),
                  "rho = (K a)_i on the margin support vectors, 0 < a_i < C; without one, the midpoint of the bounds"),
-    11: Exercise("Why predicting a rotation finds anomalies", ("geom.geom_loss", "geom.geom_scores"),
+    10: Exercise("Why predicting a rotation finds anomalies", ("geom.geom_loss", "geom.geom_scores"),
                  "transformation prediction: the loss 1/(nK) sum -log p(k | T_k x) and the score "
                  "s(x) = -sum_k log p(k | T_k x) (Golan & El-Yaniv, 2018)",
                  ("test_exercise_geom_a_half_turn_symmetric_image_has_a_score_floor",
                   "test_geom_own_score_is_higher_for_another_digit"),
                  "cross-entropy of the logits against the labels; the score sums it over the K copies of each image"),
-    12: Exercise("A kernel density, exactly and left out", ("shallow.log_kernel_mean", "shallow.kde_loo_log_density"),
+    11: Exercise("A kernel density, exactly and left out", ("shallow.log_kernel_mean", "shallow.kde_loo_log_density"),
                  "the Parzen window estimate (K1), log p(x) = log 1/n sum_i N(x; x_i, h^2 I) (Parzen, 1962), and its "
                  "leave-one-out form",
                  ("test_kde_of_one_training_point_is_the_gaussian_density", "test_kde_equals_the_brute_force_sum",
                   "test_kde_far_point_stays_finite", "test_shallow_kde_leave_one_out_equals_the_brute_force_sum",
                   "test_shallow_kde_threshold_from_train_scores_flags_the_level_of_unseen_points"),
                  "log-sum-exp of -d^2 / 2h^2, minus log n and d/2 log(2 pi h^2); leave x_i out of its own sum"),
-    13: Exercise("One sphere, two modes", ("evaluate.auroc_per_class",),
+    12: Exercise("One sphere, two modes", ("evaluate.auroc_per_class",),
                  "the AUROC of exercise 1 for each anomaly class alone, under Deep SVDD's protocol (Ruff et al., "
                  "2018) with a normal class made of several",
                  ("test_eval_auroc_per_class_hand_values", "test_exercise_one_sphere_pays_for_two_modes_on_pixels"),
@@ -110,8 +112,7 @@ class UserError(Exception):
 
 
 def message(n, name):
-    ex = EXERCISES[n]
-    return f"exercise {n}: {name} is yours to write ({ex.source}); see EXERCISES.md, section {n}"
+    return f"exercise {n}: write {name} (EXERCISES.md, section {n})"
 
 
 def stub(text, qualified, n):
@@ -150,7 +151,7 @@ def files():
 
 def student(dest, numbers=None):
     """Write the student edition to dest: the teacher's files, with the functions of `numbers` (default all)
-    stubbed. dest must not exist yet."""
+    stubbed and EXERCISES.md cut to their sections. dest must not exist yet."""
     numbers = sorted(EXERCISES) if numbers is None else sorted(numbers)
     if os.path.exists(dest):
         raise UserError(f"{dest} exists already; name a new folder for the student edition")
@@ -164,7 +165,17 @@ def student(dest, numbers=None):
                 text = f.read()
             with open(path, "w") as f:
                 f.write(stub(text, qualified, n))
+    with open(os.path.join(HERE, "EXERCISES.md")) as f:
+        text = f.read()
+    with open(os.path.join(dest, "EXERCISES.md"), "w") as f:
+        f.write(handout(text, numbers))
     return dest
+
+
+def handout(text, numbers):
+    """EXERCISES.md with its opening and the sections of `numbers` only."""
+    parts = re.split(r"(?m)^(?=## \d+\. )", text)
+    return "".join(parts[:1] + [p for p in parts[1:] if int(p[3:p.index(".")]) in numbers])
 
 
 class _Recorder:
@@ -191,6 +202,7 @@ def check(n):
         raise UserError(f"exercise {n}'s checks could not run (pytest: {code.name}); is test_all.py here?")
     print(f"exercise {n}: {ex.title} ({', '.join(ex.functions)})")
     for name, outcome, why in recorder.results:
+        why = f"not written yet (exercise {n})" if why.startswith(f"NotImplementedError: exercise {n}:") else why
         print(f"  {'pass' if outcome == 'passed' else outcome.upper():6} {name}" + (f": {why}" if why else ""))
     passed = bool(recorder.results) and all(o == "passed" for _, o, _ in recorder.results)
     print(f"  {'done' if passed else 'hint: ' + ex.hint}")

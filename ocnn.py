@@ -123,11 +123,10 @@ def ocnn_loss(y_hat, r, head, nu):
 
 
 def update_r(y_hat, nu):
-    """r = the nu-quantile of y_hat, chosen so that nu is attained exactly on these outputs.
-
-    With k = ceil(nu N) and y_(1) <= ... <= y_(N), r = y_(k): at most k - 1 < nu N outputs lie strictly
-    below r, and at least k >= nu N lie on or below it.
-    """
+    """r = the nu-quantile of y_hat (a tensor), chosen so that nu is attained exactly on these outputs:
+    frac(y_hat < r) <= nu <= frac(y_hat <= r). Returns a Python float."""
+    # With k = ceil(nu N) and y_(1) <= ... <= y_(N), r = y_(k): at most k - 1 < nu N outputs lie strictly
+    # below r, and at least k >= nu N lie on or below it.
     n = y_hat.numel()
     k = max(1, math.ceil(nu * n - 1e-9))                              # guard 0.1 * 6000 = 600.0000001
     return torch.kthvalue(y_hat.flatten().cpu(), k).values.item()

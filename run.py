@@ -91,8 +91,6 @@ def run_experiment(cfg, run_dir, device, data_id):
                           threshold, None if codes is None else codes(d.x_test).cpu().numpy(),
                           **{k: v.cpu().numpy() if torch.is_tensor(v) else v for k, v in view.items()})
         metrics = evaluate.summarize(labels[scored], scores[scored])
-        metrics["auroc_per_class"] = evaluate.auroc_per_class(d.test_classes.cpu().numpy()[scored], labels[scored],
-                                                              scores[scored])
         metrics.update(evaluate.decision(labels[scored], scores[scored], threshold), threshold=threshold,
                        threshold_level=level, train_flagged=float((train_scores > threshold).mean()),
                        normal_test_flagged=float((scores[normal] > threshold).mean()))

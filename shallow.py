@@ -381,11 +381,10 @@ def ocsvm_fit(x_train, nu=0.1, gamma=None, eps=1e-3, working_set=1024, max_iter=
 
 
 def ocsvm_rho(a, Ka, C):
-    """(O3) rho = (K a)_i on a margin support vector (0 < a_i < C), averaged over them for stability.
-
-    Without a margin SV, any rho between max (K a)_i over a_i = C and min (K a)_i over a_i = 0 satisfies the
-    KKT conditions; take the midpoint. a, Ka: (n,) numpy float64; returns a float.
-    """
+    """(O3) rho from the KKT conditions of the solved dual, given a (n,), K a (n,) (numpy float64) and the box C;
+    returns a Python float."""
+    # (K a)_i = rho on every margin support vector (0 < a_i < C): their mean, for stability. Without one, any
+    # rho between max (K a)_i over a_i = C and min (K a)_i over a_i = 0 satisfies the KKT conditions: the midpoint.
     free = (a > 0) & (a < C)
     if free.any():
         return float(Ka[free].mean())

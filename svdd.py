@@ -49,12 +49,10 @@ import training
 
 @torch.no_grad()
 def init_center(phi, x, eps=0.1, batch_size=500):
-    """c = mean_i phi(x_i) over the training set (eval mode); every |c_j| < eps is pushed to +-eps.
-
-    A coordinate near zero is matched trivially by zero weights into that unit, so it is pushed away
-    from zero, keeping its sign. An exact zero has no sign; we pick +eps (any fixed choice works; a
-    fixed one keeps runs deterministic). Returns c, (D,).
-    """
+    """c = mean_i phi(x_i) over the training set (eval mode); every |c_j| < eps is pushed to +-eps, keeping its
+    sign (an exact 0 to +eps). Returns c, (D,)."""
+    # A coordinate near zero is matched trivially by zero weights into that unit, so it is pushed away from
+    # zero. An exact zero has no sign: +eps (any fixed choice works; a fixed one keeps runs deterministic).
     c = ae_lib.encode(phi, x, batch_size).mean(dim=0)                  # (D,)
     small = c.abs() < eps
     c[small & (c < 0)] = -eps
@@ -80,11 +78,10 @@ def soft_boundary_loss(dist2, R, nu):
 
 
 def radius_from_quantile(dist, nu):
-    """R = the (1 - nu)-quantile of the distances, chosen so that Prop. 4 holds exactly on them.
-
-    With k = ceil(nu n) and d_(1) <= ... <= d_(n), R = d_(n-k+1): then at most k - 1 < nu n points have
-    d > R (upper bound) and at least k >= nu n points have d >= R (lower bound).
-    """
+    """R = the (1 - nu)-quantile of the distances (a tensor), chosen so that Prop. 4 holds exactly on them:
+    frac(d > R) <= nu <= frac(d >= R). Returns a Python float."""
+    # With k = ceil(nu n) and d_(1) <= ... <= d_(n), R = d_(n-k+1): then at most k - 1 < nu n points have
+    # d > R (upper bound) and at least k >= nu n points have d >= R (lower bound).
     n = dist.numel()
     k = max(1, math.ceil(nu * n - 1e-9))                                # guard 0.1 * 6000 = 600.0000001
     return torch.kthvalue(dist.flatten().cpu(), n - k + 1).values.item()

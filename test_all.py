@@ -2833,7 +2833,7 @@ def test_data_several_normal_classes_draw_the_pollution_from_the_others():
 
 
 def test_exercise_one_sphere_pays_for_two_modes_on_pixels():
-    # property (exercise 13): on pixels, one sphere around the mean image (phi = identity) loses more to the
+    # property (exercise 12): on pixels, one sphere around the mean image (phi = identity) loses more to the
     # exact KDE (fixed h) when the normal class is 1+7 than when it is 1 or 7 alone, in the mean over the
     # anomaly classes of the per-class AUROC: the centre lies between the two modes, where no normal image is
     gaps = {}
@@ -2841,15 +2841,16 @@ def test_exercise_one_sphere_pays_for_two_modes_on_pixels():
         d = data.one_class_split("mnist", normal, root=DATA, scaling="minmax")
         x, xt, classes, y = d.x_train[::10].flatten(1).double(), d.x_test[:2000].flatten(1).double(), \
             d.test_classes[:2000], d.y_test[:2000]
-        per_class = lambda s: np.mean(list(evaluate.auroc_per_class(classes, y, s).values()))
-        gaps[normal] = per_class(shallow.kde_scores(xt, x, 0.15).numpy()) - per_class(((xt - x.mean(0)) ** 2).sum(1))
+        per_class = lambda s: np.mean(list(evaluate.auroc_per_class(classes.numpy(), y.numpy(), s.numpy()).values()))
+        gaps[normal] = per_class(shallow.kde_scores(xt, x, 0.15)) - per_class(((xt - x.mean(0)) ** 2).sum(1))
     assert gaps[1, 7] > max(gaps[1], gaps[7]) + 0.03, gaps
 
 
 def test_eval_auroc_per_class_hand_values():
     # property: each anomaly class against the normal images alone; normal {.1, .4}, class 3 {.5, .2}, class 5
     # {.9}: class 3 wins 2 + 1 of 4 pairs -> 0.75, class 5 wins 2 of 2 -> 1.0; normal classes get no entry
-    got = evaluate.auroc_per_class([1, 7, 3, 3, 5], [0, 0, 1, 1, 1], [0.1, 0.4, 0.5, 0.2, 0.9])
+    got = evaluate.auroc_per_class(np.array([1, 7, 3, 3, 5]), np.array([0, 0, 1, 1, 1]),
+                                   np.array([0.1, 0.4, 0.5, 0.2, 0.9]))
     assert got == {3: 0.75, 5: 1.0}
 
 
@@ -3174,7 +3175,7 @@ def test_exercise_ocnn_joint_growing_codes_lowers_the_loss():
 
 
 def test_exercise_ocnn_linear_head_scores_by_the_direction_u():
-    # property (exercise 8): with linear g, y_hat = <w, V z> = <u, z>, u = V^T w: two heads with the same u
+    # property (exercise 7): with linear g, y_hat = <w, V z> = <u, z>, u = V^T w: two heads with the same u
     # give every image the same score, and s(z) = r - <u, z> is a hyperplane's signed distance times ||u||
     torch.manual_seed(0)
     a, b, z = ocnn.OCNN(6, hidden=3, normalize=False), ocnn.OCNN(6, hidden=4, normalize=False), torch.randn(30, 6)
@@ -3189,7 +3190,7 @@ def test_exercise_ocnn_linear_head_scores_by_the_direction_u():
 
 @pytest.mark.parametrize("scale", [1.0, 100.0])
 def test_exercise_ocnn_unit_codes_bound_the_loss(scale):
-    # property (exercise 9): with unit codes and linear g, y_hat = <u, z/||z||> <= ||u|| <= ||w|| ||V||_F, so
+    # property (exercise 8): with unit codes and linear g, y_hat = <u, z/||z||> <= ||u|| <= ||w|| ||V||_F, so
     # with r a quantile of the outputs the loss is >= 0, however large the head or the codes grow; the same
     # head on raw codes goes far below 0
     torch.manual_seed(0)
@@ -3209,7 +3210,7 @@ def test_exercise_ocnn_unit_codes_bound_the_loss(scale):
 
 
 def test_exercise_kernel_sphere_and_ocsvm_rank_alike_on_real_digits():
-    # property (exercise 10): with an RBF kernel, kernel SVDD's ||Phi(x) - c||^2 - R^2 is twice the OC-SVM
+    # property (exercise 9): with an RBF kernel, kernel SVDD's ||Phi(x) - c||^2 - R^2 is twice the OC-SVM
     # score s(x) on every test image (so the AUROCs are equal); real MNIST, digit 0, PCA 95 %
     d = data.one_class_split("mnist", 0, root=DATA, scaling="minmax")
     x_train, x_test, y = d.x_train[:600].flatten(1).double(), d.x_test[:500].flatten(1).double(), d.y_test[:500]
@@ -3223,6 +3224,9 @@ def test_exercise_kernel_sphere_and_ocsvm_rank_alike_on_real_digits():
     s = shallow.ocsvm_scores(z_test, dict(model, dtype=torch.float64))
     assert torch.allclose(dist2 - R2, 2 * s, atol=1e-9)
     assert evaluate.auroc(y.numpy(), dist2.numpy()) == evaluate.auroc(y.numpy(), s.numpy())
+    on_margin = (a > 0) & (a < model["C"])                            # the margin SVs lie on the sphere: R^2
+    train_dist2 = 1 - 2 * shallow.rbf_kernel(z_train, z_train, model["gamma"]) @ a + aKa
+    assert on_margin.any() and torch.allclose(train_dist2[on_margin], R2.expand(int(on_margin.sum())), atol=1e-8)
 
 
 def test_ablations_every_variant_parses_and_shared_runs_share_folders():
@@ -3300,7 +3304,7 @@ def test_exercises_stub_keeps_signature_and_docstring_and_names_the_exercise():
             exec(compile(exercises.stub(inspect.getsource(module), q, n), q, "exec"), namespace)
             stubbed = namespace[q.split(".")[1]]
             assert inspect.signature(stubbed) == inspect.signature(original) and stubbed.__doc__ == original.__doc__
-            with pytest.raises(NotImplementedError, match=f"^exercise {n}: {q} "):
+            with pytest.raises(NotImplementedError, match=f"^exercise {n}: write {q} "):
                 stubbed(*[None] * len(inspect.signature(original).parameters))
 
 
@@ -3315,8 +3319,9 @@ def test_exercises_a_tie_aware_auroc_by_another_route_passes_exercise_1(monkeypa
 
 
 def test_exercises_unknown_number_or_existing_folder_is_a_user_error(tmp_path):
-    # property: `check 13` and a student edition into an existing folder exit 2 with one sentence
-    for args in (["check", "13"], ["student", str(tmp_path)], ["check", "one"]):
+    # property: an exercise number past the last and a student edition into an existing folder exit 2 with one
+    # sentence
+    for args in (["check", str(max(exercises.EXERCISES) + 1)], ["student", str(tmp_path)], ["check", "one"]):
         p = subprocess.run([sys.executable, os.path.join(HERE, "exercises.py"), *args], capture_output=True, text=True)
         assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, args
 

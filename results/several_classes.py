@@ -10,7 +10,8 @@ hybrid runs, results/README.md 7.1): the autoencoder 10 epochs (CIFAR-10: lr x0.
 (10 epochs) and the KDE on its codes; seeds 0-2. The KDE on pixels is deterministic (seed 0) and preprocessed as
 the paper's shallow baselines (section 5): MNIST without GCN, CIFAR-10 with GCN and PCA 95 %.
 For context the table adds the mean of the member classes' one-class AUROCs from the CSVs of those sections
-(the same budget; another anomaly set, so a reference, not a pair).
+(the same budget; another anomaly set, so a reference, not a pair), and the anomaly class each method finds
+hardest (evaluate.auroc_per_class on the runs' scores.csv, averaged over the seeds).
 """
 import csv
 import os
@@ -20,7 +21,10 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import sweep  # noqa: E402  (the repository's sweep.py)
+import data  # noqa: E402  (the repository's data.py, evaluate.py, settings.py and sweep.py)
+import evaluate  # noqa: E402
+import settings  # noqa: E402
+import sweep  # noqa: E402
 
 SETS = {"mnist": "1+7,3+5+8,4+9", "cifar10": "3+5"}
 AE = {"mnist": ["--ae-epochs", "10"], "cifar10": ["--ae-epochs", "10", "--ae-milestones", "8"]}
@@ -48,13 +52,33 @@ def one_class(dataset, method):
         return {r["normal_class"]: float(r["auroc_mean"]) for r in csv.DictReader(f)}
 
 
+def hardest(cfg, data_id, normal, seeds, classes):
+    """(class, AUROC %) of the anomaly class with the lowest per-class AUROC, averaged over the finished seeds."""
+    per_class = []
+    for s in seeds:
+        path = os.path.join(ROOT, sweep.run_folder(cfg, data_id, normal, s), "scores.csv")
+        if os.path.exists(path):
+            with open(path) as f:
+                rows = list(csv.DictReader(f))
+            index = np.array([int(r["test_index"]) for r in rows])
+            per_class.append(evaluate.auroc_per_class(classes[index], np.array([int(r["label"]) for r in rows]),
+                                                      np.array([float(r["score"]) for r in rows])))
+    if not per_class:
+        return ""
+    mean = {k: 100 * np.mean([p[k] for p in per_class]) for k in per_class[0]}
+    k = min(mean, key=mean.get)
+    return f"{k} ({mean[k]:.2f})"
+
+
 def table():
     rows = []
     for dataset in SETS:
+        classes = data.one_class_split(dataset, 0).test_classes.numpy()
         for method, (name, *_) in METHODS.items():
-            cfg, _, _, _ = sweep.parse(argv(dataset, method))
-            folder = sweep.sweep_folder(cfg, {"data_path": os.path.abspath(cfg.data_root),
-                                              "data_fingerprint": sweep.data.fingerprint(dataset, cfg.data_root)})
+            cfg, _, seeds, _ = sweep.parse(argv(dataset, method))
+            data_id = {"data_path": os.path.abspath(cfg.data_root),
+                       "data_fingerprint": data.fingerprint(dataset, cfg.data_root)}
+            folder = sweep.sweep_folder(cfg, data_id)
             summary = os.path.join(ROOT, folder, "summary.csv")
             done = {}
             if os.path.exists(summary):
@@ -67,16 +91,19 @@ def table():
                 rows.append({"dataset": dataset, "normal_classes": normal, "method": name,
                              "auroc_mean": r["auroc_mean"] if r else "", "auroc_std": r["auroc_std"] if r else "",
                              "seeds": r["seeds"] if r else "",
-                             "members_one_class_mean": f"{np.mean(members):.2f}" if None not in members else ""})
+                             "members_one_class_mean": f"{np.mean(members):.2f}" if None not in members else "",
+                             "hardest_anomaly_class": hardest(cfg, data_id, settings.class_of(dataset, "data", normal),
+                                                              seeds, classes)})
     with open(os.path.join(ROOT, "results", "several-classes.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print("| data set | normal classes | method | AUROC % (mean +- std, seeds) | the members alone |\n"
-          "|---|---|---|---|---|")
+    print("| data set | normal classes | method | AUROC % (mean +- std, seeds) | the members alone | hardest anomaly "
+          "class (its AUROC) |\n|---|---|---|---|---|---|")
     for r in rows:
         got = f"{r['auroc_mean']} +- {r['auroc_std']} ({r['seeds']})" if r["auroc_mean"] else "not run"
-        print(f"| {r['dataset']} | {r['normal_classes']} | {r['method']} | {got} | {r['members_one_class_mean']} |")
+        print(f"| {r['dataset']} | {r['normal_classes']} | {r['method']} | {got} | {r['members_one_class_mean']} | "
+              f"{r['hardest_anomaly_class']} |")
 
 
 def main(args):
