@@ -695,8 +695,9 @@ def one_class_split(dataset, normal_class, pollution_rate=0.0, seed=0, root="dat
                          f"[0, 1), not {pollution_rate!r}.")
     x_all, y_all = _ARRAYS[dataset](root, True)  # read-only, cached
     x_te, y_te = _ARRAYS[dataset](root, False)
-    normal = np.flatnonzero(normal_mask(y_all, ks))  # official training indices of the normal classes
-    others = np.flatnonzero(~normal_mask(y_all, ks))
+    is_normal = normal_mask(y_all, ks)
+    normal = np.flatnonzero(is_normal)  # official training indices of the normal classes
+    others = np.flatnonzero(~is_normal)
     k_p = round(pollution_rate * len(normal) / (1 - pollution_rate))  # k_p / (n + k_p) = p, to rounding
     if k_p > len(others):
         raise ValueError(f"pollution_rate {pollution_rate} needs {k_p} anomalies but the other classes "

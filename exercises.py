@@ -155,20 +155,23 @@ def student(dest, numbers=None):
     numbers = sorted(EXERCISES) if numbers is None else sorted(numbers)
     if os.path.exists(dest):
         raise UserError(f"{dest} exists already; name a new folder for the student edition")
+    part = dest.rstrip(os.sep) + ".part"                              # built aside, renamed when whole
+    shutil.rmtree(part, ignore_errors=True)
     for path in files():
-        os.makedirs(os.path.join(dest, os.path.dirname(path)), exist_ok=True)
-        shutil.copy2(os.path.join(HERE, path), os.path.join(dest, path))
+        os.makedirs(os.path.join(part, os.path.dirname(path)), exist_ok=True)
+        shutil.copy2(os.path.join(HERE, path), os.path.join(part, path))
     for n in numbers:
         for qualified in EXERCISES[n].functions:
-            path = os.path.join(dest, qualified.split(".")[0] + ".py")
+            path = os.path.join(part, qualified.split(".")[0] + ".py")
             with open(path) as f:
                 text = f.read()
             with open(path, "w") as f:
                 f.write(stub(text, qualified, n))
     with open(os.path.join(HERE, "EXERCISES.md")) as f:
         text = f.read()
-    with open(os.path.join(dest, "EXERCISES.md"), "w") as f:
+    with open(os.path.join(part, "EXERCISES.md"), "w") as f:
         f.write(handout(text, numbers))
+    os.replace(part, dest)
     return dest
 
 
@@ -191,22 +194,27 @@ class _Recorder:
             self.results.append((report.nodeid.split("::")[-1], report.outcome, why))
 
 
-def check(n):
-    """Run exercise n's checks; print one line per check; True if every one passed."""
+def check(numbers):
+    """Run the checks of the exercises `numbers` (test_all.py collected once); print one line per check and
+    each exercise's verdict; True if every check passed."""
     import pytest
-    ex = EXERCISES[n]
     recorder = _Recorder()
-    ids = [f"{os.path.join(HERE, 'test_all.py')}::{name}" for name in ex.checks]
+    ids = [f"{os.path.join(HERE, 'test_all.py')}::{name}" for n in numbers for name in EXERCISES[n].checks]
     code = pytest.main(["-p", "no:cacheprovider", "-p", "no:terminal", "-o", "addopts=", *ids], plugins=[recorder])
     if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
-        raise UserError(f"exercise {n}'s checks could not run (pytest: {code.name}); is test_all.py here?")
-    print(f"exercise {n}: {ex.title} ({', '.join(ex.functions)})")
-    for name, outcome, why in recorder.results:
-        why = f"not written yet (exercise {n})" if why.startswith(f"NotImplementedError: exercise {n}:") else why
-        print(f"  {'pass' if outcome == 'passed' else outcome.upper():6} {name}" + (f": {why}" if why else ""))
-    passed = bool(recorder.results) and all(o == "passed" for _, o, _ in recorder.results)
-    print(f"  {'done' if passed else 'hint: ' + ex.hint}")
-    return passed
+        raise UserError(f"the checks could not run (pytest: {code.name}); is test_all.py here?")
+    everything = True
+    for n in numbers:
+        ex = EXERCISES[n]
+        results = [r for r in recorder.results if r[0].split("[")[0] in ex.checks]
+        print(f"exercise {n}: {ex.title} ({', '.join(ex.functions)})")
+        for name, outcome, why in results:
+            why = f"not written yet (exercise {n})" if why.startswith(f"NotImplementedError: exercise {n}:") else why
+            print(f"  {'pass' if outcome == 'passed' else outcome.upper():6} {name}" + (f": {why}" if why else ""))
+        passed = bool(results) and all(o == "passed" for _, o, _ in results)
+        print(f"  {'done' if passed else 'hint: ' + ex.hint}")
+        everything &= passed
+    return everything
 
 
 def numbers_of(args):
@@ -227,7 +235,7 @@ def main(args):
               f"the checks")
         return 0
     if what == "check":
-        return 0 if all([check(n) for n in numbers_of(args[1:])]) else 1
+        return 0 if check(numbers_of(args[1:])) else 1
     if what == "list":
         for n, ex in EXERCISES.items():
             print(f"{n}. {ex.title}: {', '.join(ex.functions)}\n   {ex.source}\n   checks: {', '.join(ex.checks)}")

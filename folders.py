@@ -219,11 +219,14 @@ def key_of(*parts):
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def data_identity(dataset, root):
-    """What data a run reads: the root and the fingerprint of its files. Downloads the data set when missing."""
+def data_identity(dataset, root, download=True):
+    """What data a run reads: the root and the fingerprint of its files. Downloads the data set when missing
+    (download=False: data.MissingData instead)."""
     try:
         fingerprint = data.fingerprint(dataset, root)
     except data.MissingData:
+        if not download:
+            raise
         print(f"{dataset} not found under {os.path.abspath(root)}: downloading it there")
         data.download(dataset, root)
         fingerprint = data.fingerprint(dataset, root)

@@ -98,7 +98,6 @@ def load_run(run_dir, device):
     try:
         fields = {f.name for f in dataclasses.fields(settings.Config)}
         cfg = settings.Config(**{k: v for k, v in saved["config"].items() if k in fields})
-        cfg.normal_class = tuple(cfg.normal_class) if isinstance(cfg.normal_class, list) else cfg.normal_class
         s, _ = scorer(cfg, saved, saved["network"], device)
         channels = 1 if saved["network"] == "mnist" else 3
         normal = settings.class_tag(cfg.normal_class, saved["config"].get("normal_class_name"))

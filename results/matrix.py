@@ -27,7 +27,8 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import data  # noqa: E402  (the repository's data.py and sweep.py)
+import data  # noqa: E402  (the repository's data.py, folders.py and sweep.py)
+import folders  # noqa: E402
 import sweep  # noqa: E402
 
 REPRESENTATIONS = ["ae", "rcae", "geom"]
@@ -57,7 +58,7 @@ def runs(dataset, rep, objective, seeds=(0, 1, 2)):
     """{(class, seed): AUROC %} of the finished runs of one cell."""
     cfg, classes, seeds, _ = sweep.parse(argv(dataset, rep, seeds, objective))
     try:
-        data_id = {"data_path": os.path.abspath(cfg.data_root), "data_fingerprint": data.fingerprint(dataset, cfg.data_root)}
+        data_id = folders.data_identity(dataset, cfg.data_root, download=False)
     except data.MissingData:                                          # no such data here: no runs either
         return {}
     out = {}

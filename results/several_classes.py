@@ -24,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import data  # noqa: E402  (the repository's data.py, evaluate.py, settings.py and sweep.py)
 import evaluate  # noqa: E402
+import folders  # noqa: E402
 import settings  # noqa: E402
 import shallow  # noqa: E402
 import sweep  # noqa: E402
@@ -78,8 +79,7 @@ def table():
         classes = data.one_class_split(dataset, 0).test_classes.numpy()
         for method, (name, *_) in METHODS.items():
             cfg, _, seeds, _ = sweep.parse(argv(dataset, method))
-            data_id = {"data_path": os.path.abspath(cfg.data_root),
-                       "data_fingerprint": data.fingerprint(dataset, cfg.data_root)}
+            data_id = folders.data_identity(dataset, cfg.data_root, download=False)
             folder = sweep.sweep_folder(cfg, data_id)
             summary = os.path.join(ROOT, folder, "summary.csv")
             done = {}
