@@ -33,10 +33,10 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "results", "ablations"))
 import ablations  # noqa: E402  (the joint runs are the ablation's)
 import ae  # noqa: E402
+import data  # noqa: E402
 import evaluate  # noqa: E402
 import ocnn  # noqa: E402
 import folders as folders_  # noqa: E402  (`folders` below: a list of run folders)
-import run  # noqa: E402
 import settings  # noqa: E402
 import sweep  # noqa: E402
 
@@ -56,11 +56,12 @@ def check(run_dir, cfg):
     phi.load_state_dict(saved["phi"])
     head = ocnn.OCNN(cfg.rep_dim, cfg.ocnn_hidden, cfg.ocnn_activation, cfg.ocnn_normalize)
     head.load_state_dict(saved["head"])
-    d, _ = run.load_data(cfg, "cpu")
+    d = data.one_class_split(cfg.dataset, cfg.normal_class, cfg.pollution_rate, cfg.seed, cfg.data_root,
+                             "cpu", cfg.scaling)
     z_train, z_test = ae.encode(phi, d.x_train), ae.encode(phi, d.x_test)   # eval mode
     norm = z_test.norm(dim=1)                                                # (N_test,) ||phi(x)||
     if cfg.ocnn_normalize:                                                   # the codes the head sees
-        z_train, z_test = (torch.nn.functional.normalize(z, dim=1, eps=1e-8) for z in (z_train, z_test))
+        z_train, z_test = ocnn.unit_codes(z_train), ocnn.unit_codes(z_test)
     m = z_train.mean(dim=0)                                                  # (D,)
     u = (head.w.weight @ head.V.weight).squeeze(0)                           # (D,) linear g only
     y = d.y_test.numpy()
@@ -81,7 +82,8 @@ def check(run_dir, cfg):
 
 
 def row(cfg, res):
-    regime = f"joint, {cfg.ocnn_epochs} ep, encoder lr {cfg.encoder_lr:g}" if cfg.joint else "z-only"
+    joint = cfg.objective == "ocnn-joint"
+    regime = f"joint, {cfg.ocnn_epochs} ep, encoder lr {cfg.encoder_lr:g}" if joint else "z-only"
     regime += f", {cfg.ocnn_activation} g" if cfg.ocnn_activation != "linear" else ""
     regime += f", nu {cfg.nu:g}" + (", unit codes" if cfg.ocnn_normalize else "")
     regime += f", clip {cfg.ocnn_clip:g}" if cfg.ocnn_clip else ""
