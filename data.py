@@ -8,6 +8,10 @@ reuse). One experiment per normal class k in 0..9:
   without replacement with `numpy.random.default_rng(seed)`, so that they make a fraction p of the train
   set. Order: the normal images, then the injected anomalies, each in official-index order;
   `train_index` and `polluted` say which is which (training draws batches by `randperm`, so order is moot).
+- calibration: with a fraction q > 0, round(q * (n + k_p)) of those images, drawn at random (after the
+  pollution, from `default_rng(seed + 1)`), are held out as `x_cal`: never trained on, not in the min-max
+  constants, scored only to set the decision threshold, so that it flags on unseen images the fraction
+  asked (run.py). q = 0 (the papers' protocol) holds out nothing.
 - test: the whole official test set (10,000 images); y = 1 for any other class (anomaly), 0 for class k.
 - preprocessing, per image over all C*H*W values:
       x <- x / 255                                     pixels in [0, 1]
@@ -607,6 +611,8 @@ class OneClassData:
     test_classes: torch.Tensor  # (10000,) int64, the original labels 0..9 (a folder: its class indices)
     train_index: torch.Tensor   # (n,) int64, indices into the official training set, in x_train order
     polluted: torch.Tensor      # (n,) bool, True for the injected anomalies
+    x_cal: torch.Tensor         # (m, C, H, W) float32: the calibration images held out (m = 0 without)
+    cal_index: torch.Tensor     # (m,) int64, their indices into the official training set
     scale: tuple                # (lo, hi): min and max of the training pixels after GCN; (0, 1) per image
     dataset: str
     normal_class: object        # k, or a tuple of classes whose union is normal
@@ -665,7 +671,7 @@ def normal_mask(labels, normal_class):
 
 
 def one_class_split(dataset, normal_class, pollution_rate=0.0, seed=0, root="data", device="cpu",
-                    scaling="class"):
+                    scaling="class", calibration=0.0):
     """Deep SVDD's one-class experiment for `normal_class`, optionally polluted (see the module docstring).
 
     normal_class: one class k, or a tuple of classes: their union is the normal class (training images, GCN
@@ -674,6 +680,8 @@ def one_class_split(dataset, normal_class, pollution_rate=0.0, seed=0, root="dat
     scaling: 'class' (the paper's GCN + min-max with the training set's two constants), 'minmax' (the same
     min-max without GCN: the Deep SVDD code's shallow baselines where it passes no --gcn) or 'image' (the seed
     lab's per-image min-max).
+
+    calibration: the fraction of those training images held out as x_cal (see the module docstring).
     """
     if dataset not in _ARRAYS:
         raise ValueError(f"dataset must be one of {sorted(_ARRAYS)}, not {dataset!r}.")
@@ -705,8 +713,20 @@ def one_class_split(dataset, normal_class, pollution_rate=0.0, seed=0, root="dat
     rng = np.random.default_rng(seed)
     injected = np.sort(rng.choice(others, size=k_p, replace=False))  # uniform, without replacement
     train_index = np.concatenate([normal, injected])  # normal first, then the anomalies
+    polluted = np.arange(len(train_index)) >= len(normal)
+    if not 0 <= calibration < 1:
+        raise ValueError(f"calibration is the share of the training images held out, so it must lie in [0, 1), "
+                         f"not {calibration!r}.")
+    m = round(calibration * len(train_index))
+    if calibration > 0 and not 0 < m < len(train_index):
+        raise ValueError(f"calibration {calibration} of {len(train_index)} training images holds out {m}: "
+                         f"both the held-out and the trained-on images need at least one.")
+    held = np.zeros(len(train_index), bool)
+    held[np.random.default_rng(seed + 1).choice(len(train_index), size=m, replace=False)] = True
+    cal_index, train_index, polluted = train_index[held], train_index[~held], polluted[~held]
 
     x_train = _normalize(_to_float64(x_all[train_index]), scaling)  # (n, C, H, W) float64
+    x_cal = _normalize(_to_float64(x_all[cal_index]), scaling)
     x_test = _normalize(_to_float64(x_te), scaling)  # (10000, C, H, W) float64
     if x_train.min() == x_train.max():  # nothing to learn, and the min-max below would divide by 0
         raise DataError(f"every training image of class {'+'.join(str(classes[k]) for k in ks)} is the same "
@@ -720,8 +740,10 @@ def one_class_split(dataset, normal_class, pollution_rate=0.0, seed=0, root="dat
     return OneClassData(
         x_train=((x_train - lo) / (hi - lo)).to(dev, torch.float32),
         x_test=((x_test - lo) / (hi - lo)).to(dev, torch.float32),  # same constants: may leave [0, 1]
+        x_cal=((x_cal - lo) / (hi - lo)).to(dev, torch.float32),
+        cal_index=torch.from_numpy(cal_index.astype(np.int64)).to(dev),
         y_test=torch.from_numpy((~normal_mask(y_te, ks)).astype(np.int64)).to(dev),
         test_classes=torch.from_numpy(y_te.copy()).to(dev),
         train_index=torch.from_numpy(train_index.astype(np.int64)).to(dev),
-        polluted=torch.from_numpy(np.arange(len(train_index)) >= len(normal)).to(dev),
+        polluted=torch.from_numpy(polluted).to(dev),
         scale=(lo, hi), dataset=dataset, normal_class=int(ks[0]) if len(ks) == 1 else ks)

@@ -5,7 +5,8 @@ saved model, preprocessing constants and decision threshold.
     python score.py runs/<time>-mnist-0-ae+svdd my_digits/ --out scored.csv     # files or folders of images
 
 Writes a CSV with one row per image: path, score (higher = more anomalous) and flagged (1 = the score is above
-the run's threshold, the (1 - nu)- or (1 - flag_rate)-quantile of its training scores). The images go
+the run's threshold, the (1 - nu)- or (1 - flag_rate)-quantile of its training scores, or of its held-out
+calibration images' with --calibration). The images go
 through the run's preprocessing with its two training constants (data.preprocess), so a test image scored
 here gets the score of its row in the run's scores.csv. Images of another size or channel count than the
 run's are refused in one sentence; PNG and JPEG are read as the folder data set reads them (data.py).

@@ -144,6 +144,9 @@ class Config:
                             Valid("a class index, or a tuple of them", lambda v: all(
                                 type(k) is int and k >= 0 for k in data.normal_classes(v))))
     pollution_rate: float = opt(0.0, "fraction of anomalies mixed into the training set", between(0, 1, hi_open=True))
+    calibration: float = opt(0.0, "fraction of the training images held out, never trained on, whose scores set "
+                                  "the decision threshold (0: the training images' own, the papers' protocol)",
+                             between(0, 1, hi_open=True))
     scaling: str = opt("class", "class = GCN, then min-max with the training set's two constants (the papers); "
                                 "minmax = the same without GCN; image = each image min-max scaled alone (the "
                                 "seed lab's)", one_of("class", "minmax", "image"))
@@ -185,8 +188,8 @@ class Config:
                                                                             OBJECTIVES.items()), one_of(*OBJECTIVES))
     nu: float = opt(0.1, "soft-svdd / ocnn / ocsvm: the fraction of training points allowed beyond R / below r",
                     between(0, 1, lo_open=True))
-    flag_rate: float = opt(0.1, "the objectives without nu: the fraction of training images beyond the "
-                                "decision threshold (their (1 - flag_rate)-quantile)",
+    flag_rate: float = opt(0.1, "the objectives without nu: the fraction of training (with --calibration: "
+                                "held-out) images beyond the decision threshold (their (1 - flag_rate)-quantile)",
                            between(0, 1, lo_open=True, hi_open=True))
     svdd_epochs: int = opt(150, "Deep SVDD epochs", COUNT)
     svdd_lr: float = opt(1e-4, "Deep SVDD Adam learning rate", POSITIVE)
@@ -248,7 +251,7 @@ def uses_nu(cfg):
 def used_settings(cfg, stage1_only=False):
     """{field: value} of the settings this run uses (the key of what it saves); stage1_only: those that make its
     representation (the cache's key)."""
-    names = ["dataset", "normal_class", "pollution_rate", "scaling", "seed"]
+    names = ["dataset", "normal_class", "pollution_rate", "scaling", "seed"] + ["calibration"] * (cfg.calibration > 0)
     if has_stage1(cfg):
         names += STAGE1 + REPRESENTATIONS[cfg.pretrain].uses
     if not stage1_only:

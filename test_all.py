@@ -77,7 +77,7 @@ SHORT = ["--settings", "port", "--ae-epochs", "2", "--quiet"]
 FAST = SHORT + ["--svdd-epochs", "2", "--ocnn-epochs", "2", "--batch-size", "16", "--svdd-warmup", "1"]
 
 NUMERIC = [f for f in dataclasses.fields(settings.Config) if f.type in (int, float)]
-ZERO_OK = {"normal_class", "pollution_rate", "seed", "pca", "ae_weight_decay", "svdd_weight_decay", "encoder_weight_decay",
+ZERO_OK = {"normal_class", "pollution_rate", "calibration", "seed", "pca", "ae_weight_decay", "svdd_weight_decay", "encoder_weight_decay",
            "geom_weight_decay", "rcae_lambda",
            "svdd_warmup", "checkpoint_seconds", "ocnn_clip"}     # the numeric fields where 0 means something
 
@@ -1364,6 +1364,23 @@ def test_data_pollution_seed_reproducible(tmp_path):
     assert not torch.equal(a.train_index[a.polluted], c.train_index[c.polluted])
 
 
+def test_data_calibration_holds_out_images_never_trained_on(tmp_path):
+    # property: --calibration q holds out round(q n) of the (polluted) training images, disjoint from those
+    # trained on, together the whole set of q = 0; the min-max constants come from the trained-on images only
+    _tiny_mnist(str(tmp_path))
+    split = functools.partial(data.one_class_split, "mnist", 2, 0.2, seed=1, root=str(tmp_path))
+    whole, d = split(), split(calibration=0.25)
+    n = len(whole.train_index)
+    assert len(d.cal_index) == round(0.25 * n) == len(d.x_cal) and len(d.train_index) == n - len(d.cal_index)
+    assert sorted(d.train_index.tolist() + d.cal_index.tolist()) == sorted(whole.train_index.tolist())
+    assert d.x_train.min().item() == 0.0 and abs(d.x_train.max().item() - 1.0) < 1e-6
+    assert len(whole.x_cal) == 0 and torch.equal(whole.train_index, data.one_class_split(
+        "mnist", 2, 0.2, seed=1, root=str(tmp_path)).train_index)          # q = 0: the papers' split
+    for q in (-0.1, 1.0, 0.01):                                             # 0.01 of 25 holds out none
+        with pytest.raises(ValueError, match="calibration"):
+            split(calibration=q)
+
+
 def test_data_y_test_marks_other_classes(tmp_path):
     # property: y_test is 1 exactly where the test class differs from the normal class
     _, _, _, y_te = _tiny_mnist(str(tmp_path))
@@ -2315,6 +2332,28 @@ def test_run_decision_fields_match_scores_csv(tiny_root, tmp_path):
     assert (flagged == (s > m["threshold"])).all() and m["threshold_level"] == 0.2 and m["train_flagged"] < 0.2
     tp = int((flagged & (y == 1)).sum())
     assert m["precision"] == tp / flagged.sum() and m["recall"] == tp / (y == 1).sum()
+
+
+def test_run_calibration_sets_the_threshold_on_the_held_out_images(tiny_root, tmp_path):
+    # property: with --calibration the threshold is the (1 - level)-quantile of the held-out images' scores
+    # (their flagged fraction is at most the level), the run trains on the others, and the cache key moves
+    args = ["--data-root", tiny_root, "--out", str(tmp_path), "--objective", "kde", "--kde-bandwidth", "1",
+            "--calibration", "0.2"]
+    m = run.main(args)
+    d = data.one_class_split("mnist", 0, root=tiny_root, calibration=0.2)
+    detector, _ = shallow.fit("kde", d.x_train.flatten(1).double(), bandwidth=1.0)
+    want = evaluate.quantile_threshold(shallow.score("kde", detector, d.x_cal.flatten(1).double()).numpy(), 0.1)
+    assert m["n_train"] == len(d.x_train) == 24 and abs(m["threshold"] - want) < 1e-9 * abs(want)
+    assert m["calibration_flagged"] <= 0.1 and "train_flagged" not in m
+    cfg = settings.parse_config(args)
+    assert settings.used_settings(cfg)["calibration"] == 0.2
+    assert "calibration" not in settings.used_settings(settings.parse_config(args[:-2]))  # 0: keys as before
+
+
+def test_run_warns_when_the_threshold_flags_far_more_unseen_images_than_asked():
+    # property: the warning fires only beyond four binomial standard deviations of the level
+    assert run.optimistic(0.217, 0.1, 1000) and not run.optimistic(0.129, 0.1, 1000)
+    assert not run.optimistic(0.3, 0.1, 10) and not run.optimistic(0.5, 0.1, 0)
 
 
 def test_score_py_gives_the_runs_own_scores_to_its_test_images(tiny_root, tmp_path):

@@ -57,7 +57,7 @@ def check(run_dir, cfg):
     head = ocnn.OCNN(cfg.rep_dim, cfg.ocnn_hidden, cfg.ocnn_activation, cfg.ocnn_normalize)
     head.load_state_dict(saved["head"])
     d = data.one_class_split(cfg.dataset, cfg.normal_class, cfg.pollution_rate, cfg.seed, cfg.data_root,
-                             "cpu", cfg.scaling)
+                             "cpu", cfg.scaling, cfg.calibration)
     z_train, z_test = ae.encode(phi, d.x_train), ae.encode(phi, d.x_test)   # eval mode
     norm = z_test.norm(dim=1)                                                # (N_test,) ||phi(x)||
     if cfg.ocnn_normalize:                                                   # the codes the head sees
