@@ -56,6 +56,8 @@ Deviations from the papers
     are compared at equal compute epoch by epoch, and a budget below one pass over the n K pairs (72 n for
     "geom") still sees every image. `all_copies=True` puts all K copies of each image of the batch in one
     step (B K image-passes, the K labels balanced); results/geom_probe.py measures both at equal compute.
+  * flip=True (--geom-flip, off by default) adds Hendrycks et al.'s augmentation to the set "rot": each
+    training image flipped left-right at random before its rotation, not a label to predict.
   * MNIST (28 x 28) keeps GEOM's +-8 px shifts (a shift needs |d| <= H, W).
   * Adam with batches of 200 and the milestone schedule of every stage here (training.adam_with_milestones);
     GEOM: Keras' Adam (lr 1e-3, no schedule), batches of 128. The number of image-passes is the caller's.
@@ -168,17 +170,25 @@ def geom_loss(logits, labels):
 # Training
 # ---------------------------------------------------------------------------------------------------
 
-def train_epoch(model, x, transforms, optimizer, generator, batch_size, all_copies=False):
-    """One pass over x: per mini-batch, one random T_k per image (or all K copies); returns the mean loss."""
+def random_flip(x, generator):
+    """Each image of the batch flipped left-right with probability 1/2 (the seeded generator's draw)."""
+    flipped = (torch.rand(len(x), generator=generator) < 0.5).to(x.device)      # (B,)
+    return torch.where(flipped[:, None, None, None], torch.flip(x, dims=(-1,)), x)
+
+
+def train_epoch(model, x, transforms, optimizer, generator, batch_size, all_copies=False, flip=False):
+    """One pass over x: per mini-batch, one random T_k per image (or all K copies), after a random left-right
+    flip of each image with flip=True (an augmentation, not a label); returns the mean loss."""
     model.train()
     K, total, count = len(TRANSFORMS[transforms]), 0.0, 0
     for idx in training.batches(len(x), batch_size, generator):
         idx = idx.to(x.device)
+        xb = random_flip(x[idx], generator) if flip else x[idx]            # (B, C, H, W)
         if all_copies:
-            images, labels = transform_batch(x[idx], transforms)            # (K*B, C, H, W), (K*B,)
+            images, labels = transform_batch(xb, transforms)                # (K*B, C, H, W), (K*B,)
         else:
             labels = torch.randint(K, (len(idx),), generator=generator).to(x.device)   # (B,) k_i drawn
-            images = transform_each(x[idx], labels, transforms)             # (B, C, H, W) T_{k_i}(x_i)
+            images = transform_each(xb, labels, transforms)                 # (B, C, H, W) T_{k_i}(x_i)
         loss = geom_loss(model(images), labels)                             # logits: (B, K)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -188,18 +198,22 @@ def train_epoch(model, x, transforms, optimizer, generator, batch_size, all_copi
 
 
 def train_geom(model, x, *, transforms, epochs, lr, weight_decay, milestones, batch_size=200, seed=0, verbose=True,
-               stage="pretrain geom", checkpoint=None, all_copies=False):
+               stage="pretrain geom", checkpoint=None, all_copies=False, flip=False):
     """Train `model` to predict which transformation of the set `transforms` made each image of `x`.
 
     Returns the per-epoch history [{epoch, loss, lr, seconds}, ...], as ae.train_autoencoder. An epoch is one
     pass over the n images, each under one transformation drawn from the seeded generator (n image-passes;
     all_copies=True: all K copies of each, n K image-passes, GEOM's way). Adam with weight decay, the lr
     x0.1 after each milestone epoch. checkpoint: a training.Checkpoint to save at epoch ends and resume from.
+    flip: each image flipped left-right at random first, an augmentation (Hendrycks et al.'s code); a set that
+    predicts flips cannot take it.
     """
+    if flip and any(f for f, *_ in TRANSFORMS[transforms]):
+        raise ValueError(f"flip: the set {transforms!r} predicts flips, so a random flip would blur its labels")
     model.to(x.device)
 
     def one_epoch(optimizer, generator):
-        return train_epoch(model, x, transforms, optimizer, generator, batch_size, all_copies)
+        return train_epoch(model, x, transforms, optimizer, generator, batch_size, all_copies, flip)
     return training.train_loop(stage, model, epochs, one_epoch, lr=lr, weight_decay=weight_decay,
                                milestones=milestones, seed=seed, verbose=verbose, checkpoint=checkpoint)
 

@@ -51,7 +51,7 @@ REPRESENTATIONS = {
     "ae": Method("the autoencoder", AE),
     "rcae": Method("the robust autoencoder", AE + ("rcae_lambda", "rcae_iters")),
     "geom": Method("transformation prediction", ("geom_transforms", "geom_epochs", "geom_lr", "geom_weight_decay",
-                                                 "geom_milestones")),
+                                                 "geom_milestones", "geom_flip")),
 }
 STAGE1 = ("pretrain", "rep_dim", "bn_affine", "batch_size")          # every representation's
 SVDD = ("svdd_epochs", "svdd_lr", "svdd_milestones", "svdd_weight_decay")
@@ -183,6 +183,8 @@ class Config:
     geom_lr: float = opt(1e-3, "geom: Adam learning rate (GEOM's)", POSITIVE)
     geom_milestones: list[int] = opt([], "geom: lr x0.1 after these epochs", EPOCHS)
     geom_weight_decay: float = opt(1e-6, "geom: weight decay", NONNEG)
+    geom_flip: bool = opt(False, "geom: each training image flipped left-right at random before its transformation "
+                                 "(Hendrycks et al.'s augmentation); not with a set that predicts flips", SWITCH)
     # stage 2: the objective
     objective: str = opt("svdd", "stage 2 on the representation: " + ", ".join(f"{name} = {m.prose}" for name, m in
                                                                             OBJECTIVES.items()), one_of(*OBJECTIVES))
@@ -236,6 +238,7 @@ class Config:
 GROUPS = {"dataset": "data", "pretrain": "stage 1: the representation", "objective": "stage 2: the objective",
           "device": "run"}                                            # the first field of each --help group
 PLUMBING = ("data_root", "settings", "device", "out", "checkpoint_seconds", "quiet")  # the data: by its identity
+LATER = ("calibration", "geom_flip")  # settings added after runs were saved: in a key only when set, so those resolve
 
 
 def has_stage1(cfg):
@@ -251,12 +254,13 @@ def uses_nu(cfg):
 def used_settings(cfg, stage1_only=False):
     """{field: value} of the settings this run uses (the key of what it saves); stage1_only: those that make its
     representation (the cache's key)."""
-    names = ["dataset", "normal_class", "pollution_rate", "scaling", "seed"] + ["calibration"] * (cfg.calibration > 0)
+    names = ["dataset", "normal_class", "pollution_rate", "calibration", "scaling", "seed"]
     if has_stage1(cfg):
         names += STAGE1 + REPRESENTATIONS[cfg.pretrain].uses
     if not stage1_only:
         names += OBJECTIVES[cfg.objective].uses + ("objective", "nu" if uses_nu(cfg) else "flag_rate")
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name in names}
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if f.name in names and not (f.name in LATER and getattr(cfg, f.name) == f.default)}
 
 
 def method_name(cfg):
@@ -375,6 +379,9 @@ def make_config(given):
             raise UserError(f"--{f.name.replace('_', '-')} must be {valid.what}, got {shown!r}.")
     if has_stage1(cfg) and cfg.pretrain == "rcae" and cfg.ae_epochs % cfg.rcae_iters:
         raise UserError(f"--ae-epochs ({cfg.ae_epochs}) must be a multiple of --rcae-iters ({cfg.rcae_iters}).")
+    if has_stage1(cfg) and cfg.pretrain == "geom" and cfg.geom_flip and cfg.geom_transforms != "rot":
+        raise UserError(f"--geom-flip flips images at random, so the set {cfg.geom_transforms} cannot ask which flip "
+                        f"was applied; use it with --geom-transforms rot.")
     if cfg.objective == "soft-svdd" and cfg.svdd_warmup >= cfg.svdd_epochs:
         raise UserError(f"--svdd-warmup ({cfg.svdd_warmup}) must be below --svdd-epochs ({cfg.svdd_epochs}): "
                         f"R is set only after the warm-up.")

@@ -1978,6 +1978,8 @@ def test_run_geom_cache_keyed_on_every_setting_of_transformation_prediction(tmp_
                ["--batch-size", "64"], ["--seed", "1"], ["--normal-class", "2"]]
     assert len({path(), *(path(*flags) for flags in changed)}) == len(changed) + 1
     assert path() == path("--ae-epochs", "3", "--ae-init", "dict") == path("--objective", "kde", "--features", "codes")
+    rot = ["--geom-transforms", "rot"]
+    assert len({path(*rot), path(*rot, "--geom-flip"), path(*rot, "--calibration", "0.1")}) == 3
 
 
 def test_run_ocnn_defaults_and_the_plain_objective_one_flag_away():
@@ -2463,6 +2465,21 @@ def test_geom_transform_each_applies_the_drawn_transformation_per_image():
     out = geom.transform_each(x, labels, "geom")
     for i, k in enumerate(labels.tolist()):
         assert torch.equal(out[i:i + 1], geom.transform(x[i:i + 1], k, "geom"))
+
+
+def test_geom_random_flip_mirrors_the_drawn_images_only_and_refuses_a_set_that_predicts_flips():
+    # property: random_flip mirrors image i exactly where the seeded draw is below 1/2, leaves the rest; a set
+    # with flip labels refuses the augmentation (its labels would be blurred), in geom.py and as a flag
+    x = torch.rand(64, 3, 8, 8)
+    out = geom.random_flip(x, torch.Generator().manual_seed(5))
+    drawn = torch.rand(64, generator=torch.Generator().manual_seed(5)) < 0.5
+    assert torch.equal(out[drawn], x[drawn].flip(-1)) and torch.equal(out[~drawn], x[~drawn]) and 0 < drawn.sum() < 64
+    for name in ("rot-flip", "geom"):
+        with pytest.raises(ValueError, match="predicts flips"):
+            geom.train_geom(geom.build_geom("mnist", name), torch.rand(4, 1, 28, 28), transforms=name, epochs=1,
+                            lr=1e-3, weight_decay=0, milestones=(), flip=True)
+        with pytest.raises(settings.UserError, match="--geom-flip"):
+            settings.parse_config(["--pretrain", "geom", "--geom-transforms", name, "--geom-flip"])
 
 
 def test_geom_shift_keeps_the_size_and_moves_interior_content_by_8():
