@@ -6,8 +6,8 @@ the decision -> the run folder -> plots.
     python run.py --objective ocnn-joint --pretrain rcae --pollution-rate 0.05
 
 settings.py says what a run is (every flag, the methods and their names); folders.py where it is saved and
-how an interrupted run resumes; score.py turns a trained state into its score function; sweep.py runs many. From here to any loss is one file: ae.py, rcae.py,
-geom.py, svdd.py, ocnn.py or shallow.py.
+how an interrupted run resumes; score.py turns a trained state into its score function; sweep.py runs many.
+From here to any loss is one file: ae.py, rcae.py, geom.py, svdd.py, ocnn.py or shallow.py.
 """
 import dataclasses
 import json
