@@ -70,16 +70,18 @@ def lrelu(x):
 # ---------------------------------------------------------------------------------------------------
 
 class MnistEncoder(nn.Module):
-    """phi for MNIST: conv(1->8,5x5) BN lrelu pool -> conv(8->4,5x5) BN lrelu pool -> linear(196->32)."""
+    """phi for MNIST: conv(1->8,5x5) BN lrelu pool -> conv(8->4,5x5) BN lrelu pool -> linear(196->32); width w
+    multiplies the channels (8w, 4w)."""
 
-    def __init__(self, rep_dim=32, bn_affine=False):
+    def __init__(self, rep_dim=32, bn_affine=False, width=1):
         super().__init__()
-        self.rep_dim, self.bn_affine = rep_dim, bn_affine
-        self.conv1 = nn.Conv2d(1, 8, 5, padding=2, bias=False)
-        self.bn1 = bn2d(8, bn_affine)
-        self.conv2 = nn.Conv2d(8, 4, 5, padding=2, bias=False)
-        self.bn2 = bn2d(4, bn_affine)
-        self.fc = nn.Linear(4 * 7 * 7, rep_dim, bias=False)
+        self.rep_dim, self.bn_affine, self.width = rep_dim, bn_affine, width
+        c1, c2 = 8 * width, 4 * width
+        self.conv1 = nn.Conv2d(1, c1, 5, padding=2, bias=False)
+        self.bn1 = bn2d(c1, bn_affine)
+        self.conv2 = nn.Conv2d(c1, c2, 5, padding=2, bias=False)
+        self.bn2 = bn2d(c2, bn_affine)
+        self.fc = nn.Linear(c2 * 7 * 7, rep_dim, bias=False)
 
     def forward(self, x):                                       # (B, 1, 28, 28)
         pool = fast_ops.max_pool2                               # = F.max_pool2d(., 2), faster (fast_ops.py)
@@ -91,14 +93,15 @@ class MnistEncoder(nn.Module):
 class MnistDecoder(nn.Module):
     """The mirror: z as (2,4,4) -> up -> deconv(2->4) -> up -> deconv(4->8) -> up -> deconv(8->1) -> sigmoid."""
 
-    def __init__(self, rep_dim=32, bn_affine=False):
+    def __init__(self, rep_dim=32, bn_affine=False, width=1):
         super().__init__()
         assert rep_dim % 16 == 0, "the decoder views z as (rep_dim/16, 4, 4)"
-        self.deconv1 = nn.ConvTranspose2d(rep_dim // 16, 4, 5, padding=2, bias=False)
-        self.bn1 = bn2d(4, bn_affine)
-        self.deconv2 = nn.ConvTranspose2d(4, 8, 5, padding=3, bias=False)
-        self.bn2 = bn2d(8, bn_affine)
-        self.deconv3 = nn.ConvTranspose2d(8, 1, 5, padding=2, bias=False)
+        c1, c2 = 4 * width, 8 * width
+        self.deconv1 = nn.ConvTranspose2d(rep_dim // 16, c1, 5, padding=2, bias=False)
+        self.bn1 = bn2d(c1, bn_affine)
+        self.deconv2 = nn.ConvTranspose2d(c1, c2, 5, padding=3, bias=False)
+        self.bn2 = bn2d(c2, bn_affine)
+        self.deconv3 = nn.ConvTranspose2d(c2, 1, 5, padding=2, bias=False)
 
     def forward(self, z):                                       # (B, rep_dim)
         up_deconv = fast_ops.up2_deconv                         # = deconv(up2(.)), faster (fast_ops.py)
@@ -114,18 +117,20 @@ class MnistDecoder(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 
 class CifarEncoder(nn.Module):
-    """phi for CIFAR-10: three conv(5x5) BN lrelu pool blocks (32, 64, 128 channels) -> linear(2048->128)."""
+    """phi for CIFAR-10: three conv(5x5) BN lrelu pool blocks (32, 64, 128 channels) -> linear(2048->128); width
+    w multiplies the channels (32w, 64w, 128w)."""
 
-    def __init__(self, rep_dim=128, bn_affine=False):
+    def __init__(self, rep_dim=128, bn_affine=False, width=1):
         super().__init__()
-        self.rep_dim, self.bn_affine = rep_dim, bn_affine
-        self.conv1 = nn.Conv2d(3, 32, 5, padding=2, bias=False)
-        self.bn1 = bn2d(32, bn_affine)
-        self.conv2 = nn.Conv2d(32, 64, 5, padding=2, bias=False)
-        self.bn2 = bn2d(64, bn_affine)
-        self.conv3 = nn.Conv2d(64, 128, 5, padding=2, bias=False)
-        self.bn3 = bn2d(128, bn_affine)
-        self.fc = nn.Linear(128 * 4 * 4, rep_dim, bias=False)
+        self.rep_dim, self.bn_affine, self.width = rep_dim, bn_affine, width
+        c1, c2, c3 = 32 * width, 64 * width, 128 * width
+        self.conv1 = nn.Conv2d(3, c1, 5, padding=2, bias=False)
+        self.bn1 = bn2d(c1, bn_affine)
+        self.conv2 = nn.Conv2d(c1, c2, 5, padding=2, bias=False)
+        self.bn2 = bn2d(c2, bn_affine)
+        self.conv3 = nn.Conv2d(c2, c3, 5, padding=2, bias=False)
+        self.bn3 = bn2d(c3, bn_affine)
+        self.fc = nn.Linear(c3 * 4 * 4, rep_dim, bias=False)
 
     def forward(self, x):                                       # (B, 3, 32, 32)
         pool = fast_ops.max_pool2                               # = F.max_pool2d(., 2), faster (fast_ops.py)
@@ -138,16 +143,17 @@ class CifarEncoder(nn.Module):
 class CifarDecoder(nn.Module):
     """z as (8,4,4) -> deconv(8->128) -> up -> deconv(128->64) -> up -> deconv(64->32) -> up -> deconv(32->3)."""
 
-    def __init__(self, rep_dim=128, bn_affine=False):
+    def __init__(self, rep_dim=128, bn_affine=False, width=1):
         super().__init__()
         assert rep_dim % 16 == 0, "the decoder views z as (rep_dim/16, 4, 4)"
-        self.deconv1 = nn.ConvTranspose2d(rep_dim // 16, 128, 5, padding=2, bias=False)
-        self.bn1 = bn2d(128, bn_affine)
-        self.deconv2 = nn.ConvTranspose2d(128, 64, 5, padding=2, bias=False)
-        self.bn2 = bn2d(64, bn_affine)
-        self.deconv3 = nn.ConvTranspose2d(64, 32, 5, padding=2, bias=False)
-        self.bn3 = bn2d(32, bn_affine)
-        self.deconv4 = nn.ConvTranspose2d(32, 3, 5, padding=2, bias=False)
+        c1, c2, c3 = 128 * width, 64 * width, 32 * width
+        self.deconv1 = nn.ConvTranspose2d(rep_dim // 16, c1, 5, padding=2, bias=False)
+        self.bn1 = bn2d(c1, bn_affine)
+        self.deconv2 = nn.ConvTranspose2d(c1, c2, 5, padding=2, bias=False)
+        self.bn2 = bn2d(c2, bn_affine)
+        self.deconv3 = nn.ConvTranspose2d(c2, c3, 5, padding=2, bias=False)
+        self.bn3 = bn2d(c3, bn_affine)
+        self.deconv4 = nn.ConvTranspose2d(c3, 3, 5, padding=2, bias=False)
 
     def forward(self, z):                                       # (B, rep_dim)
         up_deconv = fast_ops.up2_deconv                         # = deconv(up2(.)), faster (fast_ops.py)
@@ -173,21 +179,22 @@ class Autoencoder(nn.Module):
         return self.decoder(self.code_bn(self.encoder(x)))
 
 
-def build_encoder(dataset, rep_dim=None, bn_affine=False):
-    """The stand-alone phi for `dataset` ('mnist' or 'cifar10'); rep_dim defaults to 32 / 128."""
+def build_encoder(dataset, rep_dim=None, bn_affine=False, width=1):
+    """The stand-alone phi for `dataset` ('mnist' or 'cifar10'); rep_dim defaults to 32 / 128; width multiplies
+    every convolution's channels (1: the paper's networks)."""
     if dataset == "mnist":
-        return MnistEncoder(rep_dim or 32, bn_affine)
+        return MnistEncoder(rep_dim or 32, bn_affine, width)
     if dataset == "cifar10":
-        return CifarEncoder(rep_dim or 128, bn_affine)
+        return CifarEncoder(rep_dim or 128, bn_affine, width)
     raise ValueError(f"unknown dataset {dataset!r}: expected 'mnist' or 'cifar10'")
 
 
-def build_autoencoder(dataset, rep_dim=None, bn_affine=False):
+def build_autoencoder(dataset, rep_dim=None, bn_affine=False, width=1):
     """The LeNet-type autoencoder of Deep SVDD's reference code for `dataset` (bn_affine: see bn2d)."""
-    encoder = build_encoder(dataset, rep_dim, bn_affine)
+    encoder = build_encoder(dataset, rep_dim, bn_affine, width)
     if dataset == "mnist":
-        return Autoencoder(encoder, MnistDecoder(encoder.rep_dim, bn_affine))
-    ae = Autoencoder(encoder, CifarDecoder(encoder.rep_dim, bn_affine), code_bn=True)
+        return Autoencoder(encoder, MnistDecoder(encoder.rep_dim, bn_affine, width))
+    ae = Autoencoder(encoder, CifarDecoder(encoder.rep_dim, bn_affine, width), code_bn=True)
     glorot_init(ae, linear=False)  # the CIFAR-10 reference: every (de)convolution Xavier-uniform, lrelu gain
     return ae
 
@@ -197,7 +204,7 @@ def encoder_copy(ae):
 
     Deep SVDD and OC-NN start from the pretrained encoder; they train this copy, never the AE itself.
     """
-    phi = type(ae.encoder)(ae.encoder.rep_dim, ae.encoder.bn_affine).to(next(ae.parameters()).device)
+    phi = type(ae.encoder)(ae.encoder.rep_dim, ae.encoder.bn_affine, ae.encoder.width).to(next(ae.parameters()).device)
     phi.load_state_dict(ae.encoder.state_dict())
     return phi
 

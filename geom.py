@@ -150,11 +150,11 @@ class GeomNet(nn.Module):
         return self.head(self.encoder(x))                       # (B, K) logits
 
 
-def build_geom(dataset, transforms, rep_dim=None, bn_affine=False):
+def build_geom(dataset, transforms, rep_dim=None, bn_affine=False, width=1):
     """The geom network for `dataset` ('mnist' or 'cifar10') and the transformation set `transforms`."""
     if transforms not in TRANSFORMS:
         raise ValueError(f"unknown transformation set {transforms!r}: one of {sorted(TRANSFORMS)}")
-    return GeomNet(ae_lib.build_encoder(dataset, rep_dim, bn_affine), len(TRANSFORMS[transforms]))
+    return GeomNet(ae_lib.build_encoder(dataset, rep_dim, bn_affine, width), len(TRANSFORMS[transforms]))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -34,8 +34,8 @@ from settings import UserError
 def build_stage1(cfg, network):
     """The representation's network: the autoencoder (ae, rcae) or the transformation predictor (geom)."""
     if cfg.pretrain == "geom":
-        return geom.build_geom(network, cfg.geom_transforms, cfg.rep_dim, cfg.bn_affine)
-    return ae.build_autoencoder(network, cfg.rep_dim, cfg.bn_affine)
+        return geom.build_geom(network, cfg.geom_transforms, cfg.rep_dim, cfg.bn_affine, cfg.width)
+    return ae.build_autoencoder(network, cfg.rep_dim, cfg.bn_affine, cfg.width)
 
 
 def shallow_input(model):
@@ -59,7 +59,7 @@ def scorer(cfg, state, network, device):
     if o in ("kde", "ocsvm", "iforest"):
         features = shallow_input(model)
         return (lambda x: shallow.score(o, state["detector"], features(x))), view
-    phi = ae.build_encoder(network, cfg.rep_dim, cfg.bn_affine).to(device)
+    phi = ae.build_encoder(network, cfg.rep_dim, cfg.bn_affine, cfg.width).to(device)
     phi.load_state_dict(state["phi"])
     view["codes"] = lambda x: ae.encode(phi, x)
     if o in ("svdd", "soft-svdd"):

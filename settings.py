@@ -53,7 +53,7 @@ REPRESENTATIONS = {
     "geom": Method("transformation prediction", ("geom_transforms", "geom_epochs", "geom_lr", "geom_weight_decay",
                                                  "geom_milestones", "geom_flip")),
 }
-STAGE1 = ("pretrain", "rep_dim", "bn_affine", "batch_size")          # every representation's
+STAGE1 = ("pretrain", "rep_dim", "width", "bn_affine", "batch_size")          # every representation's
 SVDD = ("svdd_epochs", "svdd_lr", "svdd_milestones", "svdd_weight_decay")
 OCNN = ("ocnn_epochs", "ocnn_lr", "ocnn_lr_drop", "ocnn_hidden", "ocnn_activation", "ocnn_normalize", "ocnn_clip",
         "nu")
@@ -162,6 +162,8 @@ class Config:
     rep_dim: int = opt(None, "code size; None = 32 MNIST / 128 CIFAR-10",
                        Valid("a multiple of 16 (the decoder views z as rep_dim/16 x 4 x 4)",
                              lambda v: v >= 16 and v % 16 == 0))
+    width: int = opt(1, "every convolution's channels x this (1: the papers' LeNet-type networks; 2: twice the "
+                        "channels, about four times the compute)", COUNT)
     batch_size: int = opt(200, "mini-batch size of every stage", COUNT)
     ae_epochs: int = opt(None, "None = 150 MNIST / 350 CIFAR-10", COUNT)
     ae_lr: float = opt(1e-4, "Adam learning rate of the autoencoder", POSITIVE)
@@ -238,7 +240,7 @@ class Config:
 GROUPS = {"dataset": "data", "pretrain": "stage 1: the representation", "objective": "stage 2: the objective",
           "device": "run"}                                            # the first field of each --help group
 PLUMBING = ("data_root", "settings", "device", "out", "checkpoint_seconds", "quiet")  # the data: by its identity
-LATER = ("calibration", "geom_flip")  # settings added after runs were saved: in a key only when set, so those resolve
+LATER = ("calibration", "geom_flip", "width")  # added after runs were saved: in a key only when set, so those resolve
 
 
 def has_stage1(cfg):

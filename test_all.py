@@ -1979,7 +1979,7 @@ def test_run_geom_cache_keyed_on_every_setting_of_transformation_prediction(tmp_
     assert len({path(), *(path(*flags) for flags in changed)}) == len(changed) + 1
     assert path() == path("--ae-epochs", "3", "--ae-init", "dict") == path("--objective", "kde", "--features", "codes")
     rot = ["--geom-transforms", "rot"]
-    assert len({path(*rot), path(*rot, "--geom-flip"), path(*rot, "--calibration", "0.1")}) == 3
+    assert len({path(*rot), path(*rot, "--geom-flip"), path(*rot, "--calibration", "0.1"), path(*rot, "--width", "2")}) == 4
 
 
 def test_run_ocnn_defaults_and_the_plain_objective_one_flag_away():
@@ -2517,6 +2517,21 @@ def test_geom_encoder_has_no_bias_and_loads_into_phi(dataset):
     x = torch.rand(4, *((1, 28, 28) if dataset == "mnist" else (3, 32, 32)))
     z = model.encoder.eval()(x)                                 # (4, rep_dim)
     assert torch.equal(phi.eval()(x), z) and torch.equal(ae.encoder_copy(model).eval()(x), z)
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_width_multiplies_every_convolutions_channels_and_keeps_the_code(dataset):
+    # property: --width 2 doubles each (de)convolution's channels, the code keeps rep_dim, no bias enters, and
+    # the stand-alone phi that Deep SVDD trains is the same width and gives the same codes
+    one, two = (ae.build_autoencoder(dataset, width=w) for w in (1, 2))
+    convs = lambda m: [l.out_channels for l in m.modules() if isinstance(l, (nn.Conv2d, nn.ConvTranspose2d))]
+    assert [2 * c for c in convs(one)[:-1]] == convs(two)[:-1] and convs(one)[-1] == convs(two)[-1]
+    assert all(getattr(m, "bias", None) is None for m in two.encoder.modules())
+    x = torch.rand(3, *((1, 28, 28) if dataset == "mnist" else (3, 32, 32)))
+    z = two.encoder.eval()(x)
+    assert z.shape == one.encoder.eval()(x).shape and two.eval()(x).shape == x.shape
+    assert torch.equal(ae.encoder_copy(two).eval()(x), z)
+    assert geom.build_geom(dataset, "rot", width=2).encoder.conv1.out_channels == convs(two)[0]
 
 
 def _tiny_run(seed):

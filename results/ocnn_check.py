@@ -52,7 +52,7 @@ def check(run_dir, cfg):
     if not os.path.exists(os.path.join(run_dir, "metrics.json")):
         return None
     saved = torch.load(os.path.join(run_dir, "model.pt"), weights_only=True)
-    phi = ae.build_encoder(cfg.dataset, cfg.rep_dim, cfg.bn_affine)
+    phi = ae.build_encoder(cfg.dataset, cfg.rep_dim, cfg.bn_affine, cfg.width)
     phi.load_state_dict(saved["phi"])
     head = ocnn.OCNN(cfg.rep_dim, cfg.ocnn_hidden, cfg.ocnn_activation, cfg.ocnn_normalize)
     head.load_state_dict(saved["head"])
