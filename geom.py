@@ -54,8 +54,9 @@ Deviations from the papers
     epochs, about 200 n image-passes whatever K is. Drawing one transformation per image gives the same kind
     of batch (mixed pairs, B image-passes a step) with an epoch of n image-passes for every K, so the sets
     are compared at equal compute epoch by epoch, and a budget below one pass over the n K pairs (72 n for
-    "geom") still sees every image. `all_copies=True` puts all K copies of each image of the batch in one
-    step (B K image-passes, the K labels balanced); results/geom_probe.py measures both at equal compute.
+    "geom") still sees every image. `all_copies=True` (--geom-all-copies) puts all K copies of each image of
+    the batch in one step (B K image-passes, the K labels balanced); results/geom_probe.py measures both at
+    equal compute.
   * flip=True (--geom-flip, off by default) adds Hendrycks et al.'s augmentation to the set "rot": each
     training image flipped left-right at random before its rotation, not a label to predict.
   * MNIST (28 x 28) keeps GEOM's +-8 px shifts (a shift needs |d| <= H, W).

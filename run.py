@@ -150,7 +150,8 @@ def stage1(cfg, d, network, device, data_id, clock):
         if cfg.pretrain == "geom":
             return {"history": geom.train_geom(model, d.x_train, transforms=cfg.geom_transforms, epochs=cfg.geom_epochs,
                                                lr=cfg.geom_lr, weight_decay=cfg.geom_weight_decay,
-                                               milestones=cfg.geom_milestones, flip=cfg.geom_flip, **kw), "extra": {}}
+                                               milestones=cfg.geom_milestones, flip=cfg.geom_flip,
+                                               all_copies=cfg.geom_all_copies, **kw), "extra": {}}
         ae.initialize(model, cfg.ae_init, d.x_train, cfg.seed)        # before any training, RCAE's too
         kw.update(lr=cfg.ae_lr, weight_decay=cfg.ae_weight_decay, milestones=cfg.ae_milestones)
         if cfg.pretrain == "ae":

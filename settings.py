@@ -51,7 +51,7 @@ REPRESENTATIONS = {
     "ae": Method("the autoencoder", AE),
     "rcae": Method("the robust autoencoder", AE + ("rcae_lambda", "rcae_iters")),
     "geom": Method("transformation prediction", ("geom_transforms", "geom_epochs", "geom_lr", "geom_weight_decay",
-                                                 "geom_milestones", "geom_flip")),
+                                                 "geom_milestones", "geom_flip", "geom_all_copies")),
 }
 STAGE1 = ("pretrain", "rep_dim", "width", "bn_affine", "batch_size")          # every representation's
 SVDD = ("svdd_epochs", "svdd_lr", "svdd_milestones", "svdd_weight_decay")
@@ -187,6 +187,8 @@ class Config:
     geom_weight_decay: float = opt(1e-6, "geom: weight decay", NONNEG)
     geom_flip: bool = opt(False, "geom: each training image flipped left-right at random before its transformation "
                                  "(Hendrycks et al.'s augmentation); not with a set that predicts flips", SWITCH)
+    geom_all_copies: bool = opt(False, "geom: a step shows all K transformed copies of each image of the batch "
+                                       "(GEOM's way: an epoch is K n image-passes), not one drawn at random", SWITCH)
     # stage 2: the objective
     objective: str = opt("svdd", "stage 2 on the representation: " + ", ".join(f"{name} = {m.prose}" for name, m in
                                                                             OBJECTIVES.items()), one_of(*OBJECTIVES))
@@ -240,7 +242,7 @@ class Config:
 GROUPS = {"dataset": "data", "pretrain": "stage 1: the representation", "objective": "stage 2: the objective",
           "device": "run"}                                            # the first field of each --help group
 PLUMBING = ("data_root", "settings", "device", "out", "checkpoint_seconds", "quiet")  # the data: by its identity
-LATER = ("calibration", "geom_flip", "width")  # added after runs were saved: in a key only when set, so those resolve
+LATER = ("calibration", "geom_flip", "geom_all_copies", "width")  # added after runs were saved: in a key only when set, so those resolve
 
 
 def has_stage1(cfg):
