@@ -31,6 +31,8 @@ The encoder is a module of its own (`MnistEncoder`, `CifarEncoder`) so that its 
 running statistics included, loads unchanged into the stand-alone phi that Deep SVDD trains.
 
 Deviations from the reference code
+  * `width` (run.py --width, default 1 = the reference networks) multiplies every (de)convolution's channels,
+    the code size unchanged: to measure whether a wider network of the same shape learns more.
   * The CIFAR-10 autoencoder's BatchNorm1d on the code lives in the autoencoder, not in the encoder:
     the Deep SVDD network has none, so the encoder's state dict loads into phi with no key to drop.
   * Batches are index slices of a seeded permutation of an in-memory tensor (no DataLoader).
@@ -91,7 +93,8 @@ class MnistEncoder(nn.Module):
 
 
 class MnistDecoder(nn.Module):
-    """The mirror: z as (2,4,4) -> up -> deconv(2->4) -> up -> deconv(4->8) -> up -> deconv(8->1) -> sigmoid."""
+    """The mirror: z as (2,4,4) -> up -> deconv(2->4) -> up -> deconv(4->8) -> up -> deconv(8->1) -> sigmoid; width
+    w: 4w and 8w channels."""
 
     def __init__(self, rep_dim=32, bn_affine=False, width=1):
         super().__init__()
@@ -141,7 +144,8 @@ class CifarEncoder(nn.Module):
 
 
 class CifarDecoder(nn.Module):
-    """z as (8,4,4) -> deconv(8->128) -> up -> deconv(128->64) -> up -> deconv(64->32) -> up -> deconv(32->3)."""
+    """z as (8,4,4) -> deconv(8->128) -> up -> deconv(128->64) -> up -> deconv(64->32) -> up -> deconv(32->3);
+    width w: 128w, 64w, 32w channels."""
 
     def __init__(self, rep_dim=128, bn_affine=False, width=1):
         super().__init__()

@@ -6,8 +6,9 @@ reuse). One experiment per normal class k in 0..9:
 - train: every official training image of class k (MNIST about 6,000, CIFAR-10 5,000). With a pollution
   rate p > 0 we add k_p = round(p * n / (1 - p)) training images of the other classes, drawn uniformly
   without replacement with `numpy.random.default_rng(seed)`, so that they make a fraction p of the train
-  set. Order: the normal images, then the injected anomalies, each in official-index order;
-  `train_index` and `polluted` say which is which (training draws batches by `randperm`, so order is moot).
+  set (about p of each part when some are held out for calibration, below). Order: the normal images, then
+  the injected anomalies, each in official-index order; `train_index` and `polluted` say which is which
+  (training draws batches by `randperm`, so order is moot).
 - calibration: with a fraction q > 0, round(q * (n + k_p)) of those images, drawn at random (after the
   pollution, from `default_rng(seed + 1)`), are held out as `x_cal`: never trained on, not in the min-max
   constants, scored only to set the decision threshold, so that it flags on unseen images the fraction
@@ -613,6 +614,7 @@ class OneClassData:
     polluted: torch.Tensor      # (n,) bool, True for the injected anomalies
     x_cal: torch.Tensor         # (m, C, H, W) float32: the calibration images held out (m = 0 without)
     cal_index: torch.Tensor     # (m,) int64, their indices into the official training set
+    cal_polluted: torch.Tensor  # (m,) bool, True for the injected anomalies among them
     scale: tuple                # (lo, hi): min and max of the training pixels after GCN; (0, 1) per image
     dataset: str
     normal_class: object        # k, or a tuple of classes whose union is normal
@@ -723,7 +725,8 @@ def one_class_split(dataset, normal_class, pollution_rate=0.0, seed=0, root="dat
                          f"both the held-out and the trained-on images need at least one.")
     held = np.zeros(len(train_index), bool)
     held[np.random.default_rng(seed + 1).choice(len(train_index), size=m, replace=False)] = True
-    cal_index, train_index, polluted = train_index[held], train_index[~held], polluted[~held]
+    cal_index, cal_polluted = train_index[held], polluted[held]
+    train_index, polluted = train_index[~held], polluted[~held]
 
     x_train = _normalize(_to_float64(x_all[train_index]), scaling)  # (n, C, H, W) float64
     x_cal = _normalize(_to_float64(x_all[cal_index]), scaling)
@@ -742,6 +745,7 @@ def one_class_split(dataset, normal_class, pollution_rate=0.0, seed=0, root="dat
         x_test=((x_test - lo) / (hi - lo)).to(dev, torch.float32),  # same constants: may leave [0, 1]
         x_cal=((x_cal - lo) / (hi - lo)).to(dev, torch.float32),
         cal_index=torch.from_numpy(cal_index.astype(np.int64)).to(dev),
+        cal_polluted=torch.from_numpy(cal_polluted).to(dev),
         y_test=torch.from_numpy((~normal_mask(y_te, ks)).astype(np.int64)).to(dev),
         test_classes=torch.from_numpy(y_te.copy()).to(dev),
         train_index=torch.from_numpy(train_index.astype(np.int64)).to(dev),

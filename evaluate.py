@@ -171,6 +171,7 @@ def quantile_threshold(train_scores, level):
     above t (those are flagged, s > t) and at least level n lie at or above it. This is the nu-property that
     soft-boundary Deep SVDD's R and OC-NN's r satisfy by construction with level = nu, so for them t = 0 in
     score units (s = d^2 - R^2, s = r - y_hat): the flag is "outside the sphere" / "below the hyperplane".
+    Given held-out calibration scores instead (run.py --calibration), t is their quantile and need not be 0.
     """
     s = np.sort(np.asarray(train_scores, dtype=np.float64).ravel())
     if s.size == 0 or not 0 < level < 1 + 1e-12:

@@ -238,14 +238,16 @@ def finished_metrics(run_dir):
     return read_json(os.path.join(run_dir, "metrics.json"), "metrics of a finished run", "it runs again")
 
 
-def unfinished_run(out, name, want):
-    """The newest run folder <out>/*-<name> without metrics.json whose config.json holds `want`, or None."""
+def unfinished_run(out, name, want, defaults=None):
+    """The newest run folder <out>/*-<name> without metrics.json whose config.json holds `want`, or None; a key
+    of `defaults` that a config.json lacks (saved before it existed) reads as its default."""
+    defaults = defaults or {}
     for run_dir in sorted(glob.glob(os.path.join(glob.escape(out), f"*-{glob.escape(name)}")), reverse=True):
         if os.path.exists(os.path.join(run_dir, "metrics.json")):
             continue
         saved = read_json(os.path.join(run_dir, "config.json"), "config of an unfinished run",
                           "that folder is not resumed")
-        if isinstance(saved, dict) and {k: saved.get(k) for k in want} == want:
+        if isinstance(saved, dict) and {k: saved.get(k, defaults.get(k)) for k in want} == want:
             return run_dir
     return None
 

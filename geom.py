@@ -118,6 +118,11 @@ def transform(x, k, name):
     return torch.rot90(x, r, dims=(-2, -1))                     # r quarter turns (np.rot90)
 
 
+def predicts_flips(name):
+    """Whether the set `name` has flipped transformations to tell apart (a random flip would blur its labels)."""
+    return any(f for f, *_ in TRANSFORMS[name])
+
+
 def transform_batch(x, name):
     """All K copies of a batch, copy-major: (K*B, C, H, W) images [T_0(x); ...; T_{K-1}(x)] and labels (K*B,)."""
     K = len(TRANSFORMS[name])
@@ -209,7 +214,7 @@ def train_geom(model, x, *, transforms, epochs, lr, weight_decay, milestones, ba
     flip: each image flipped left-right at random first, an augmentation (Hendrycks et al.'s code); a set that
     predicts flips cannot take it.
     """
-    if flip and any(f for f, *_ in TRANSFORMS[transforms]):
+    if flip and predicts_flips(transforms):
         raise ValueError(f"flip: the set {transforms!r} predicts flips, so a random flip would blur its labels")
     model.to(x.device)
 

@@ -11,6 +11,7 @@ From here to any loss is one file: ae.py, rcae.py, geom.py, svdd.py, ocnn.py or 
 """
 import dataclasses
 import json
+import math
 import os
 
 import numpy as np
@@ -40,7 +41,9 @@ def main(argv=None):
         device = settings.pick_device(cfg.device)
         data_id = folders.data_identity(cfg.dataset, cfg.data_root)
         name = settings.run_name(cfg)
-        run_dir = folders.unfinished_run(cfg.out, name, {**settings.used_settings(cfg), **data_id})
+        later = settings.later_defaults()                             # unset, they are not in the key: match them
+        run_dir = folders.unfinished_run(cfg.out, name, {**settings.used_settings(cfg), **data_id,
+                                                         **{k: getattr(cfg, k) for k in later}}, later)
         if run_dir is not None:
             print(f"continuing the unfinished run {run_dir}")
         return run_experiment(cfg, run_dir or folders.new_run_folder(cfg.out, name), device, data_id)
@@ -75,7 +78,7 @@ def run_experiment(cfg, run_dir, device, data_id):
         where = "calibration" if len(d.x_cal) else "train"
         ref = s(d.x_cal) if len(d.x_cal) else s(d.x_train) if train_scores is None else train_scores
         ref = checked(ref, cfg)
-        level = cfg.nu if settings.uses_nu(cfg) else cfg.flag_rate
+        level = settings.decision_level(cfg)
         threshold = evaluate.quantile_threshold(ref, level)
         normal = scored[labels[scored] == 0]                          # the normal test images scored
 
@@ -83,9 +86,10 @@ def run_experiment(cfg, run_dir, device, data_id):
         stages[cfg.objective] = history
         folders.write_json(os.path.join(run_dir, "history.json"), stages)
         folders.write_scores(os.path.join(run_dir, "scores.csv"), labels, scores, threshold)
-        if d.polluted.any():
+        if d.polluted.any() or d.cal_polluted.any():
             folders.write_json(os.path.join(run_dir, "pollution.json"),
-                               {"polluted_train_indices": d.train_index[d.polluted].tolist()})
+                               {"polluted_train_indices": d.train_index[d.polluted].tolist(),
+                                "polluted_calibration_indices": d.cal_index[d.cal_polluted].tolist()})
         folders.save_torch({"config": dataclasses.asdict(cfg), **facts, "threshold": threshold,
                             "scale": list(d.scale), **state}, os.path.join(run_dir, "model.pt"))
         title = settings.run_title(cfg, facts["normal_class_name"])
@@ -125,6 +129,10 @@ def load_data(cfg, device):
                                  device, cfg.scaling, cfg.calibration)
     except (ValueError, data.DataError) as e:                         # a setting or a data set that cannot work
         raise UserError(str(e)) from None
+    level = settings.decision_level(cfg)
+    if 0 < len(d.x_cal) < 1 / level:                                  # the quantile would be their largest score
+        raise UserError(f"--calibration {cfg.calibration} holds out {len(d.x_cal)} images, too few for a threshold "
+                        f"at {level:g}: at least {math.ceil(1 / level - 1e-9)} are needed; hold out a larger share.")
     facts = {"network": settings.network(cfg), "normal_class_name": settings.class_name(cfg)}
     folder = data.folder_facts(cfg.data_root) if cfg.dataset == "folder" else {}
     facts["image_size"] = folder.get("resized_from") or list(d.x_train.shape[2:])  # what score.py accepts

@@ -6,9 +6,9 @@ saved model, preprocessing constants and decision threshold.
 
 Writes a CSV with one row per image: path, score (higher = more anomalous) and flagged (1 = the score is above
 the run's threshold, the (1 - nu)- or (1 - flag_rate)-quantile of its training scores, or of its held-out
-calibration images' with --calibration). The images go
-through the run's preprocessing with its two training constants (data.preprocess), so a test image scored
-here gets the score of its row in the run's scores.csv. Images of another size or channel count than the
+calibration images' with --calibration). The images go through the run's preprocessing with its two
+training constants (data.preprocess), so a test image scored here gets the score of its row in the run's
+scores.csv. Images of another size or channel count than the
 run's are refused in one sentence; PNG and JPEG are read as the folder data set reads them (data.py).
 Everything comes from the run folder's model.pt (the settings it was trained with included): the training
 data need not be there, and nothing in the run folder is changed.

@@ -242,7 +242,8 @@ class Config:
 GROUPS = {"dataset": "data", "pretrain": "stage 1: the representation", "objective": "stage 2: the objective",
           "device": "run"}                                            # the first field of each --help group
 PLUMBING = ("data_root", "settings", "device", "out", "checkpoint_seconds", "quiet")  # the data: by its identity
-LATER = ("calibration", "geom_flip", "geom_all_copies", "width")  # added after runs were saved: in a key only when set, so those resolve
+LATER = ("calibration", "geom_flip", "geom_all_copies", "width")  # added after runs were saved: in a key only
+#                                                                    when set, so those runs resolve
 
 
 def has_stage1(cfg):
@@ -251,20 +252,36 @@ def has_stage1(cfg):
 
 
 def uses_nu(cfg):
-    """The decision's level: nu where the objective has one (R^2, r, rho are set by it), else flag_rate."""
+    """Whether the objective has a nu (R^2, r, rho are set by it)."""
     return "nu" in OBJECTIVES[cfg.objective].uses
 
 
-def used_settings(cfg, stage1_only=False):
-    """{field: value} of the settings this run uses (the key of what it saves); stage1_only: those that make its
-    representation (the cache's key)."""
+def decision_level(cfg):
+    """The fraction of the training (or held-out) images the decision flags: nu where the objective has one,
+    else flag_rate."""
+    return cfg.nu if uses_nu(cfg) else cfg.flag_rate
+
+
+def used_names(cfg, stage1_only=False):
+    """The fields this run uses; stage1_only: those that make its representation."""
     names = ["dataset", "normal_class", "pollution_rate", "calibration", "scaling", "seed"]
     if has_stage1(cfg):
         names += STAGE1 + REPRESENTATIONS[cfg.pretrain].uses
     if not stage1_only:
         names += OBJECTIVES[cfg.objective].uses + ("objective", "nu" if uses_nu(cfg) else "flag_rate")
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
-            if f.name in names and not (f.name in LATER and getattr(cfg, f.name) == f.default)}
+    return names
+
+
+def used_settings(cfg, stage1_only=False):
+    """{field: value} of the settings this run uses (the key of what it saves; stage1_only: the cache's key); a
+    field of LATER only when set, so that what was saved before it existed keeps its key."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name in used_names(cfg, stage1_only)
+            and not (f.name in LATER and getattr(cfg, f.name) == f.default)}
+
+
+def later_defaults():
+    """{field: default} of LATER: what a run folder saved before such a field existed ran with."""
+    return {f.name: f.default for f in dataclasses.fields(Config) if f.name in LATER}
 
 
 def method_name(cfg):
@@ -383,13 +400,13 @@ def make_config(given):
             raise UserError(f"--{f.name.replace('_', '-')} must be {valid.what}, got {shown!r}.")
     if has_stage1(cfg) and cfg.pretrain == "rcae" and cfg.ae_epochs % cfg.rcae_iters:
         raise UserError(f"--ae-epochs ({cfg.ae_epochs}) must be a multiple of --rcae-iters ({cfg.rcae_iters}).")
-    if has_stage1(cfg) and cfg.pretrain == "geom" and cfg.geom_flip and cfg.geom_transforms != "rot":
+    if has_stage1(cfg) and cfg.pretrain == "geom" and cfg.geom_flip and geom.predicts_flips(cfg.geom_transforms):
         raise UserError(f"--geom-flip flips images at random, so the set {cfg.geom_transforms} cannot ask which flip "
                         f"was applied; use it with --geom-transforms rot.")
     if cfg.objective == "soft-svdd" and cfg.svdd_warmup >= cfg.svdd_epochs:
         raise UserError(f"--svdd-warmup ({cfg.svdd_warmup}) must be below --svdd-epochs ({cfg.svdd_epochs}): "
                         f"R is set only after the warm-up.")
-    used = set(used_settings(cfg)) | set(PLUMBING)
+    used = set(used_names(cfg)) | set(PLUMBING)
     for name in given:
         if name not in used:
             print(f"warning: --{name.replace('_', '-')} does nothing in a {method_name(cfg)} run", flush=True)

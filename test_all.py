@@ -77,7 +77,8 @@ SHORT = ["--settings", "port", "--ae-epochs", "2", "--quiet"]
 FAST = SHORT + ["--svdd-epochs", "2", "--ocnn-epochs", "2", "--batch-size", "16", "--svdd-warmup", "1"]
 
 NUMERIC = [f for f in dataclasses.fields(settings.Config) if f.type in (int, float)]
-ZERO_OK = {"normal_class", "pollution_rate", "calibration", "seed", "pca", "ae_weight_decay", "svdd_weight_decay", "encoder_weight_decay",
+ZERO_OK = {"normal_class", "pollution_rate", "calibration", "seed", "pca", "ae_weight_decay", "svdd_weight_decay",
+           "encoder_weight_decay",
            "geom_weight_decay", "rcae_lambda",
            "svdd_warmup", "checkpoint_seconds", "ocnn_clip"}     # the numeric fields where 0 means something
 
@@ -1368,14 +1369,17 @@ def test_data_calibration_holds_out_images_never_trained_on(tmp_path):
     # property: --calibration q holds out round(q n) of the (polluted) training images, disjoint from those
     # trained on, together the whole set of q = 0; the min-max constants come from the trained-on images only
     _tiny_mnist(str(tmp_path))
-    split = functools.partial(data.one_class_split, "mnist", 2, 0.2, seed=1, root=str(tmp_path))
+    split = functools.partial(data.one_class_split, "mnist", 2, 0.2, seed=0, root=str(tmp_path))
     whole, d = split(), split(calibration=0.25)
     n = len(whole.train_index)
     assert len(d.cal_index) == round(0.25 * n) == len(d.x_cal) and len(d.train_index) == n - len(d.cal_index)
     assert sorted(d.train_index.tolist() + d.cal_index.tolist()) == sorted(whole.train_index.tolist())
+    held_polluted = set(d.cal_index[d.cal_polluted].tolist()) | set(d.train_index[d.polluted].tolist())
+    assert held_polluted == set(whole.train_index[whole.polluted].tolist())
     assert d.x_train.min().item() == 0.0 and abs(d.x_train.max().item() - 1.0) < 1e-6
+    assert d.scale != whole.scale and (d.x_cal.min() < 0 or d.x_cal.max() > 1)   # an extreme image held out
     assert len(whole.x_cal) == 0 and torch.equal(whole.train_index, data.one_class_split(
-        "mnist", 2, 0.2, seed=1, root=str(tmp_path)).train_index)          # q = 0: the papers' split
+        "mnist", 2, 0.2, seed=0, root=str(tmp_path)).train_index)          # q = 0: the papers' split
     for q in (-0.1, 1.0, 0.01):                                             # 0.01 of 25 holds out none
         with pytest.raises(ValueError, match="calibration"):
             split(calibration=q)
@@ -2077,6 +2081,7 @@ def test_run_bare_milestones_mean_a_constant_lr():
     (["--objective", "ocnn", "--encoder-lr", "1e-3", "--svdd-epochs", "3"], ["--encoder-lr", "--svdd-epochs"]),
     (["--objective", "svdd", "--svdd-warmup", "500"], ["--svdd-warmup"]),
     (["--rcae-iters", "3"], ["--rcae-iters"]),
+    (["--geom-flip", "--width", "1", "--calibration", "0"], ["--geom-flip"]),   # width, calibration: every run's
 ])
 def test_run_flags_that_do_nothing_are_warned_about_in_one_line_each(argv, flags, capsys):
     # property: a flag the chosen objective or representation does not use gets one warning line
@@ -2086,6 +2091,16 @@ def test_run_flags_that_do_nothing_are_warned_about_in_one_line_each(argv, flags
     assert all("does nothing in a" in w for w in warnings)
     settings.parse_config(["--objective", "soft-svdd", "--nu", "0.5", "--svdd-warmup", "3"])
     assert "warning" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", ["--geom-flip", "--geom-all-copies"])
+def test_run_passes_each_transformation_prediction_flag_to_its_training(tiny_root, tmp_path, flag):
+    # property: the flag reaches geom.train_geom: one epoch with it gives other scores than one without
+    args = ["--data-root", tiny_root, "--pretrain", "geom", "--geom-transforms", "rot", "--geom-epochs", "1",
+            "--objective", "own", "--batch-size", "16", "--quiet"]
+    scores = [_scores_csv(next((tmp_path / out).glob("*-mnist-0-*")))[1] for out, extra in (("a", []), ("b", [flag]))
+              if run.main(args + ["--out", str(tmp_path / out)] + extra)]
+    assert not np.allclose(*scores)
 
 
 def test_run_banner_shows_nu_only_where_it_is_used(tiny_root, tmp_path, capsys):
@@ -2341,16 +2356,33 @@ def test_run_calibration_sets_the_threshold_on_the_held_out_images(tiny_root, tm
     # property: with --calibration the threshold is the (1 - level)-quantile of the held-out images' scores
     # (their flagged fraction is at most the level), the run trains on the others, and the cache key moves
     args = ["--data-root", tiny_root, "--out", str(tmp_path), "--objective", "kde", "--kde-bandwidth", "1",
-            "--calibration", "0.2"]
+            "--calibration", "0.4"]
     m = run.main(args)
-    d = data.one_class_split("mnist", 0, root=tiny_root, calibration=0.2)
+    d = data.one_class_split("mnist", 0, root=tiny_root, calibration=0.4)
     detector, _ = shallow.fit("kde", d.x_train.flatten(1).double(), bandwidth=1.0)
     want = evaluate.quantile_threshold(shallow.score("kde", detector, d.x_cal.flatten(1).double()).numpy(), 0.1)
-    assert m["n_train"] == len(d.x_train) == 24 and abs(m["threshold"] - want) < 1e-9 * abs(want)
-    assert m["calibration_flagged"] <= 0.1 and "train_flagged" not in m
+    assert m["n_train"] == len(d.x_train) == 18 and abs(m["threshold"] - want) < 1e-9 * abs(want)
+    assert "calibration_flagged" in m and "train_flagged" not in m
     cfg = settings.parse_config(args)
-    assert settings.used_settings(cfg)["calibration"] == 0.2
+    assert settings.used_settings(cfg)["calibration"] == 0.4
     assert "calibration" not in settings.used_settings(settings.parse_config(args[:-2]))  # 0: keys as before
+    with pytest.raises(SystemExit) as stop:                          # 3 held out cannot set a 10 % threshold
+        run.main(args[:-1] + ["0.1"])
+    assert stop.value.code == 2
+
+
+def test_run_resumes_only_a_run_of_the_same_later_settings(tmp_path):
+    # property: a plain run does not resume an unfinished folder saved with --width 2 (unset, the later settings
+    # are not in the key), and does resume one saved before such a setting existed, read at its default
+    later = settings.later_defaults()
+    want = lambda *flags: {**settings.used_settings(settings.parse_config(list(flags))), "data_fingerprint": "x",
+                           **{k: getattr(settings.parse_config(list(flags)), k) for k in later}}
+    for stamp, saved in (("20260101-000001", want("--width", "2")), ("20260101-000000", want())):
+        os.makedirs(tmp_path / f"{stamp}-run")
+        folders.write_json(str(tmp_path / f"{stamp}-run" / "config.json"),
+                           {k: v for k, v in saved.items() if stamp.endswith("1") or k not in later})
+    assert folders.unfinished_run(str(tmp_path), "run", want(), later).endswith("000000-run")
+    assert folders.unfinished_run(str(tmp_path), "run", want("--width", "2"), later).endswith("000001-run")
 
 
 def test_run_warns_when_the_threshold_flags_far_more_unseen_images_than_asked():
