@@ -3,6 +3,7 @@
     python bench.py                       # MNIST normal class 0 (and CIFAR-10 airplane if its batches exist)
     python bench.py --reps 7 --device cuda
     python bench.py --datasets mnist --pool-ab 12   # also: training pooling, fast_ops.MaxPool2 vs F.max_pool2d
+    python bench.py --datasets cifar10 --widths 1 2 --batch-size 64   # also: the rotations' cost per --width
 
 For each stage: seconds per epoch (median of --reps epochs after --warmup epochs), images per second,
 and the fraction of this machine's float32 matmul throughput (measured in the same run) that the stage's
@@ -156,6 +157,23 @@ def checkpoint_cost(dataset, device, reps):
         return seconds, os.path.getsize(checkpoint.path)
 
 
+def widths(dataset, device, reps, warmup, batch_size, multipliers):
+    """Transformation prediction with the four rotations at each --width: seconds per training epoch (one
+    rotation an image), images scored per second (four forward passes an image), FLOP of one training epoch."""
+    x = data.one_class_split(dataset, 0, root="data", device=device).x_train
+    for w in multipliers:
+        torch.manual_seed(0)
+        net = geom.build_geom(dataset, "rot", width=w).to(device)
+        hist = geom.train_geom(net, x, transforms="rot", epochs=warmup + reps, lr=1e-3, weight_decay=5e-4,
+                               milestones=[], batch_size=batch_size, verbose=False)
+        net.train()
+        step = count_flops(lambda: torch.nn.functional.cross_entropy(net(x[:batch_size]), torch.zeros(
+            batch_size, dtype=torch.long, device=device)).backward())
+        score = timed(lambda: geom.geom_scores(net, x[:1000], "rot"), device, 1, 1)
+        print(f"width {w}: {epoch_seconds(hist, warmup):.2f} s an epoch of {len(x)} images, "
+              f"{1000 / score:.0f} images scored/s, {step * len(x) / batch_size / 1e9:.1f} GFLOP an epoch")
+
+
 def pooling_ab(dataset, device, pairs, batch_size):
     """Training with fast_ops.MaxPool2 against F.max_pool2d: paired epochs, the order swapped every pair.
 
@@ -197,6 +215,8 @@ def main(argv=None):
     p.add_argument("--datasets", nargs="*", default=["mnist", "cifar10"])
     p.add_argument("--pool-ab", type=int, default=0, metavar="PAIRS",
                    help="also time training with fast_ops.MaxPool2 against F.max_pool2d in PAIRS paired epochs")
+    p.add_argument("--widths", type=int, nargs="*", default=[],
+                   help="also time transformation prediction (the rotations) at these --width multipliers")
     args = p.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
@@ -220,6 +240,8 @@ def main(argv=None):
               f"{100 * seconds / rows[0][1]:.2f} % of an AE epoch if saved after every epoch")
         if args.pool_ab:
             pooling_ab(dataset, device, args.pool_ab, args.batch_size)
+        if args.widths:
+            widths(dataset, device, args.reps, args.warmup, args.batch_size, args.widths)
 
 
 if __name__ == "__main__":
