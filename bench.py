@@ -3,7 +3,7 @@
     python bench.py                       # MNIST normal class 0 (and CIFAR-10 airplane if its batches exist)
     python bench.py --reps 7 --device cuda
     python bench.py --datasets mnist --pool-ab 12   # also: training pooling, fast_ops.MaxPool2 vs F.max_pool2d
-    python bench.py --datasets cifar10 --widths 1 2 --batch-size 64   # also: the rotations' cost per --width
+    python bench.py --datasets cifar10 --widths 1 2 --batch-size 64   # only the rotations' cost per --width
 
 For each stage: seconds per epoch (median of --reps epochs after --warmup epochs), images per second,
 and the fraction of this machine's float32 matmul throughput (measured in the same run) that the stage's
@@ -170,7 +170,7 @@ def widths(dataset, device, reps, warmup, batch_size, multipliers):
         step = count_flops(lambda: torch.nn.functional.cross_entropy(net(x[:batch_size]), torch.zeros(
             batch_size, dtype=torch.long, device=device)).backward())
         score = timed(lambda: geom.geom_scores(net, x[:1000], "rot"), device, 1, 1)
-        print(f"width {w}: {epoch_seconds(hist, warmup):.2f} s an epoch of {len(x)} images, "
+        print(f"{dataset}, width {w}: {epoch_seconds(hist, warmup):.2f} s an epoch of {len(x)} images, "
               f"{1000 / score:.0f} images scored/s, {step * len(x) / batch_size / 1e9:.1f} GFLOP an epoch")
 
 
@@ -216,7 +216,7 @@ def main(argv=None):
     p.add_argument("--pool-ab", type=int, default=0, metavar="PAIRS",
                    help="also time training with fast_ops.MaxPool2 against F.max_pool2d in PAIRS paired epochs")
     p.add_argument("--widths", type=int, nargs="*", default=[],
-                   help="also time transformation prediction (the rotations) at these --width multipliers")
+                   help="time only transformation prediction (the rotations) at these --width multipliers")
     args = p.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
@@ -225,6 +225,9 @@ def main(argv=None):
           f"float32 matmul (2048^2): {peak / 1e9:.1f} GFLOP/s")
     for dataset in args.datasets:
         try:
+            if args.widths:
+                widths(dataset, device, args.reps, args.warmup, args.batch_size, args.widths)
+                continue
             rows = bench(dataset, 0, device, args.reps, args.warmup, args.batch_size)
         except data.MissingData as e:
             print(f"\n{dataset}: skipped ({e})")
@@ -240,8 +243,6 @@ def main(argv=None):
               f"{100 * seconds / rows[0][1]:.2f} % of an AE epoch if saved after every epoch")
         if args.pool_ab:
             pooling_ab(dataset, device, args.pool_ab, args.batch_size)
-        if args.widths:
-            widths(dataset, device, args.reps, args.warmup, args.batch_size, args.widths)
 
 
 if __name__ == "__main__":
