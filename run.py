@@ -195,7 +195,8 @@ def stage2(cfg, d, model, checkpoint):
         detector, info = shallow.fit(o, x_train, pca=cfg.pca, nu=cfg.nu, bandwidth=cfg.kde_bandwidth,
                                      gamma=cfg.ocsvm_gamma, trees=cfg.iforest_trees, psi=cfg.iforest_samples,
                                      seed=cfg.seed, x_test=test[0], y_test=test[1])
-        info["train_scores"] = shallow.train_scores(o, detector, x_train).cpu().numpy()
+        if not len(d.x_cal):                                          # else the held-out images set the threshold
+            info["train_scores"] = shallow.train_scores(o, detector, x_train).cpu().numpy()
         return [], {"detector": detector}, info
     phi = ae.encoder_copy(model)                                      # the representation itself stays untouched
     training.banner(f"stage 2: {prose}" + (f" (nu={cfg.nu})" if settings.uses_nu(cfg) else ""))

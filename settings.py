@@ -275,8 +275,9 @@ def used_names(cfg, stage1_only=False):
 def used_settings(cfg, stage1_only=False):
     """{field: value} of the settings this run uses (the key of what it saves; stage1_only: the cache's key); a
     field of LATER only when set, so that what was saved before it existed keeps its key."""
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name in used_names(cfg, stage1_only)
-            and not (f.name in LATER and getattr(cfg, f.name) == f.default)}
+    names = used_names(cfg, stage1_only)
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if f.name in names and not (f.name in LATER and getattr(cfg, f.name) == f.default)}
 
 
 def later_defaults():
