@@ -1848,10 +1848,9 @@ def test_run_same_seed_same_scores(tiny_root, tmp_path):
 
 
 def test_run_model_functions_default_to_the_cli_defaults():
-    # property: a model function called from Python without a setting gets run.py's default for it, and
-    # takes no default where run.py's depends on the data set (epochs, weight decay, milestones)
-    defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-                for f in dataclasses.fields(settings.Config)}
+    # property: a model function called from Python without a setting gets run.py's default for it (on MNIST's
+    # autoencoder), and takes no default where run.py's depends on the data set (epochs, weight decay, milestones)
+    defaults = dataclasses.asdict(settings.parse_config([]))
     cli = {(svdd.train_svdd, "nu"): "nu", (svdd.train_svdd, "epochs"): "svdd_epochs",
            (svdd.train_svdd, "lr"): "svdd_lr", (svdd.train_svdd, "milestones"): "svdd_milestones",
            (svdd.train_svdd, "warmup"): "svdd_warmup", (svdd.train_svdd, "batch_size"): "batch_size",
@@ -1896,6 +1895,16 @@ def test_sweep_of_a_shallow_detector_writes_its_summary(tiny_root, tmp_path):
     table = list(csv.DictReader(open(summary)))
     assert len(rows) == 4 and [r["normal_class"] for r in table] == ["1", "2"]
     assert {r["epochs"] for r in table} == {"none (pixels)"} and {r["n_seeds"] for r in table} == {"2"}
+
+
+def test_sweep_summary_reports_the_normal_test_images_flagged(tiny_root, tmp_path):
+    # property: summary.csv gives per class the mean over seeds of the % of normal test images the decision flags
+    rows = sweep.main(["--data-root", tiny_root, "--out", str(tmp_path), "--objective", "iforest",
+                       "--normal-class", "1,2", "--seeds", "0", "1", "--quiet"])
+    (summary,) = tmp_path.glob("sweep-*/summary.csv")
+    got = [float(r["normal_test_flagged_mean"]) for r in csv.DictReader(open(summary))]
+    want = [round(100 * np.mean([m["normal_test_flagged"] for m in rows[i:i + 2]]), 2) for i in (0, 2)]
+    assert got == want and len(set(m["normal_test_flagged"] for m in rows)) > 1
 
 
 def test_sweep_skips_a_run_another_sweep_finished_after_the_listing(tmp_path, monkeypatch):
@@ -1978,7 +1987,7 @@ def test_run_geom_cache_keyed_on_every_setting_of_transformation_prediction(tmp_
         return folders.cache_path(cfg.out, cfg.dataset, cfg.pretrain, cfg.normal_class,
                                   settings.used_settings(cfg, stage1_only=True), _data_id(cfg))
     changed = [["--geom-transforms", "rot"], ["--geom-epochs", "3"], ["--geom-lr", "0.01"],
-               ["--geom-weight-decay", "0"], ["--geom-milestones", "2"], ["--rep-dim", "64"], ["--no-bn-affine"],
+               ["--geom-weight-decay", "0"], ["--geom-milestones", "2"], ["--rep-dim", "64"], ["--bn-affine"],
                ["--batch-size", "64"], ["--seed", "1"], ["--normal-class", "2"]]
     assert len({path(), *(path(*flags) for flags in changed)}) == len(changed) + 1
     assert path() == path("--ae-epochs", "3", "--ae-init", "dict") == path("--objective", "kde", "--features", "codes")
@@ -2007,6 +2016,18 @@ def test_run_settings_presets_fill_only_unset_fields():
     assert get(["--no-bn-affine", "--ae-milestones", "50"]) == ("theano", False, [50], 1e-3, 1e-6)
     assert get(["--dataset", "cifar10"]) == get(["--dataset", "cifar10", "--settings", "port"]) == \
         ("default", False, [250], 0.5e-6, 0.5e-6)
+
+
+def test_run_geom_defaults_are_the_measured_settings():
+    # property: transformation prediction takes, per network and under either --settings, the settings its results
+    # were measured with (MNIST: the 72, no learned BatchNorm shift; CIFAR-10: rotations, 60 epochs, weight decay
+    # 5e-4, batches of 64), an explicit flag wins, and the autoencoder's runs keep batches of 200
+    keys = ("geom_transforms", "geom_epochs", "geom_weight_decay", "bn_affine", "batch_size")
+    get = lambda argv: tuple(getattr(settings.parse_config(["--pretrain", "geom", *argv]), k) for k in keys)
+    assert get([]) == get(["--settings", "port"]) == ("geom", 25, 1e-6, False, 200)
+    assert get(["--dataset", "cifar10"]) == ("rot", 60, 5e-4, False, 64)
+    assert get(["--dataset", "cifar10", "--batch-size", "200", "--bn-affine"]) == ("rot", 60, 5e-4, True, 200)
+    assert settings.parse_config(["--dataset", "cifar10"]).batch_size == 200
 
 
 @pytest.mark.parametrize("argv,message", [
