@@ -179,7 +179,8 @@ def stage_epochs(cfg):
 def write_summary(folder, rows, cfg):
     """summary.csv (one row per class) and summary.md: AUROC mean +- std over seeds, mean over classes.
 
-    std is the population standard deviation over the seeds (numpy's default). seconds is the mean wall
+    std is the population standard deviation over the seeds (numpy's default). normal_test_flagged_mean: the
+    mean % of the normal test images the decision flags (empty where a run predates it). seconds is the mean wall
     time of a run over every process that worked on it; a run whose representation came from the cache did
     not pay for training it.
     """
@@ -189,9 +190,12 @@ def write_summary(folder, rows, cfg):
     table = []
     for k, ms in sorted(by_class.items()):
         a = 100 * np.array([m["auroc"] for m in ms])
+        flagged = [m.get("normal_test_flagged") for m in ms]
         table.append({"dataset": cfg.dataset, "normal_class": settings.class_tag(k, None), "normal_class_name": ms[0].get("normal_class_name"),
                       "method": settings.method_name(cfg),
-                      "auroc_mean": round(a.mean(), 2), "auroc_std": round(a.std(), 2), "n_seeds": len(ms),
+                      "auroc_mean": round(a.mean(), 2), "auroc_std": round(a.std(), 2),
+                      "normal_test_flagged_mean": "" if None in flagged else round(100 * np.mean(flagged), 2),
+                      "n_seeds": len(ms),
                       "seeds": " ".join(str(m["seed"]) for m in ms), "epochs": stage_epochs(cfg),
                       "pollution_rate": cfg.pollution_rate, "device": ms[0]["device"],
                       "seconds_mean": round(np.mean([m["seconds"] for m in ms]), 1)})
