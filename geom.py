@@ -47,8 +47,8 @@ Deviations from the papers
   * The network is ae.py's small bias-free LeNet-type encoder (ae.build_encoder) plus a linear head, not a
     WRN-10-4: the encoder's state dict loads into svdd.py's and ocnn.py's phi unchanged (ae.encoder_copy(model)
     reads model.encoder), and Deep SVDD's Prop. 2 holds for it with BatchNorm without a learned shift
-    (bn_affine=False, --no-bn-affine; run.py's MNIST default under --settings paper has the shift, for
-    every representation alike); only the head has a bias.
+    (bn_affine=False, run.py's default for this representation under either --settings); only the head has a
+    bias.
   * One random transformation per image and step (labels drawn from the seeded generator). GEOM's code builds
     all n K (image, transformation) pairs, shuffles them and trains on batches of 128 pairs for ceil(200 / K)
     epochs, about 200 n image-passes whatever K is. Drawing one transformation per image gives the same kind
@@ -60,7 +60,8 @@ Deviations from the papers
   * flip=True (--geom-flip, off by default) adds Hendrycks et al.'s augmentation to the set "rot": each
     training image flipped left-right at random before its rotation, not a label to predict.
   * MNIST (28 x 28) keeps GEOM's +-8 px shifts (a shift needs |d| <= H, W).
-  * Adam with batches of 200 and the milestone schedule of every stage here (training.adam_with_milestones);
+  * Adam with the milestone schedule of every stage here (training.adam_with_milestones), batches of 200
+    (run.py's CIFAR-10 default here: 64, with weight decay 5e-4, measured better in results/README.md 9.2);
     GEOM: Keras' Adam (lr 1e-3, no schedule), batches of 128. The number of image-passes is the caller's.
   * The test images are scored with BatchNorm's running statistics (eval mode), as every model here.
 
