@@ -63,9 +63,12 @@ Deviations from the papers
   * Adam with the milestone schedule of every stage here (training.adam_with_milestones), batches of 200
     (run.py's CIFAR-10 default here: 64, with weight decay 5e-4, measured better in results/README.md 9.2);
     GEOM: Keras' Adam (lr 1e-3, no schedule), batches of 128. The number of image-passes is the caller's.
-  * The test images are scored with BatchNorm's running statistics (eval mode), as every model here.
+  * The test images are scored with BatchNorm's running statistics (eval mode), as every model here; with
+    precise_bn (--geom-precise-bn, on for CIFAR-10) those are recomputed for the final network once it is
+    trained (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021, arXiv 2105.07576): GEOM's constant lr
+    leaves the moving averages of the last steps behind a network that still moves (results/README.md 9.4).
 
-File order: the transformations, the network, the loss, training, scoring.
+File order: the transformations, the network, the loss, training (and precise BN), scoring.
 
 Read next: results/geom_probe.py (the sets compared at equal compute), then svdd.py, which can start from
 this encoder instead of the autoencoder's.
@@ -223,6 +226,27 @@ def train_geom(model, x, *, transforms, epochs, lr, weight_decay, milestones, ba
         return train_epoch(model, x, transforms, optimizer, generator, batch_size, all_copies, flip)
     return training.train_loop(stage, model, epochs, one_epoch, lr=lr, weight_decay=weight_decay,
                                milestones=milestones, seed=seed, verbose=verbose, checkpoint=checkpoint)
+
+
+@torch.no_grad()
+def precise_bn(model, x, transforms, batch_size=200, seed=0):
+    """BatchNorm's running statistics recomputed for the trained network (precise BN): the plain average over
+    one pass of x in training's batches, each image under one random transformation, in place of the moving
+    average (momentum 0.1) of the last steps' batches. Under a constant lr the network still moves at its last
+    steps, so that moving average describes networks a few steps old, not the one that scores."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None                                               # None: the cumulative average
+    model.train()
+    generator, K = torch.Generator().manual_seed(seed), len(TRANSFORMS[transforms])
+    for idx in training.batches(len(x), batch_size, generator):
+        labels = torch.randint(K, (len(idx),), generator=generator).to(x.device)   # (B,) k_i drawn
+        model(transform_each(x[idx.to(x.device)], labels, transforms))  # updates the statistics only
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -174,6 +174,8 @@ def stage1(cfg, d, network, device, data_id, clock):
     path = folders.cache_path(cfg.out, cfg.dataset, cfg.pretrain, settings.class_tag(cfg.normal_class, None),
                               settings.used_settings(cfg, stage1_only=True), data_id)
     saved = folders.cached(path, model, train)
+    if cfg.pretrain == "geom" and cfg.geom_precise_bn:                # the cache holds the network as trained
+        geom.precise_bn(model, d.x_train, cfg.geom_transforms, cfg.batch_size, cfg.seed)
     return model, saved["history"], saved["extra"]
 
 

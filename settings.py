@@ -44,6 +44,8 @@ import training
 class Method:
     prose: str                                                        # the plots' and summaries' name
     uses: tuple = ()                                                  # the Config fields it reads
+    after: tuple = ()                                                 # a representation's, applied to the trained
+    #                                                                   network as the cache gives it: not its key
 
 
 AE = ("ae_epochs", "ae_lr", "ae_milestones", "ae_weight_decay", "ae_init")
@@ -51,7 +53,8 @@ REPRESENTATIONS = {
     "ae": Method("the autoencoder", AE),
     "rcae": Method("the robust autoencoder", AE + ("rcae_lambda", "rcae_iters")),
     "geom": Method("transformation prediction", ("geom_transforms", "geom_epochs", "geom_lr", "geom_weight_decay",
-                                                 "geom_milestones", "geom_flip", "geom_all_copies")),
+                                                 "geom_milestones", "geom_flip", "geom_all_copies"),
+                   after=("geom_precise_bn",)),
 }
 STAGE1 = ("pretrain", "rep_dim", "width", "bn_affine", "batch_size")          # every representation's
 SVDD = ("svdd_epochs", "svdd_lr", "svdd_milestones", "svdd_weight_decay")
@@ -78,10 +81,10 @@ OBJECTIVES = {
 PORT = {
     "mnist": dict(rep_dim=32, ae_epochs=150, ae_milestones=[50], ae_weight_decay=0.5e-3, svdd_weight_decay=0.5e-6,
                   ae_init="default", bn_affine=False, batch_size=200, geom_transforms="geom", geom_epochs=25,
-                  geom_weight_decay=1e-6),
+                  geom_weight_decay=1e-6, geom_precise_bn=False),
     "cifar10": dict(rep_dim=128, ae_epochs=350, ae_milestones=[250], ae_weight_decay=0.5e-6,
                     svdd_weight_decay=0.5e-6, ae_init="default", bn_affine=False, batch_size=200,
-                    geom_transforms="rot", geom_epochs=60, geom_weight_decay=5e-4),
+                    geom_transforms="rot", geom_epochs=60, geom_weight_decay=5e-4, geom_precise_bn=True),
 }
 PRESETS = {
     ("mnist", "paper"): dict(PORT["mnist"], ae_init="theano", bn_affine=True, ae_milestones=[],
@@ -91,7 +94,7 @@ PRESETS = {
     ("cifar10", "port"): PORT["cifar10"],
 }
 # The geom_* fields above are the settings measured best per network (results/README.md 9.1: GEOM's 72 on MNIST;
-# 9.2 and 9.4: on CIFAR-10 the four rotations, 60 epochs, weight decay 5e-4). A run on transformation prediction
+# 9.2 and 9.4: on CIFAR-10 the four rotations, 60 epochs, weight decay 5e-4, precise BN). A run on transformation prediction
 # also takes, under either --settings, BatchNorm without a learned shift (Deep SVDD's Prop. 2), and on CIFAR-10
 # the batches of 64 it was measured with, for every stage of the run.
 GEOM = {"mnist": dict(bn_affine=False), "cifar10": dict(bn_affine=False, batch_size=64)}
@@ -199,6 +202,9 @@ class Config:
                                  "(Hendrycks et al.'s augmentation); not with a set that predicts flips", SWITCH)
     geom_all_copies: bool = opt(False, "geom: a step shows all K transformed copies of each image of the batch "
                                        "(GEOM's way: an epoch is K n image-passes), not one drawn at random", SWITCH)
+    geom_precise_bn: bool = opt(None, "geom: BatchNorm's running statistics recomputed for the trained network "
+                                      "in one pass over the training images (precise BN), not the moving "
+                                      "averages of its last steps; None = on CIFAR-10, off MNIST", SWITCH)
     # stage 2: the objective
     objective: str = opt("svdd", "stage 2 on the representation: " + ", ".join(f"{name} = {m.prose}" for name, m in
                                                                             OBJECTIVES.items()), one_of(*OBJECTIVES))
@@ -252,8 +258,9 @@ class Config:
 GROUPS = {"dataset": "data", "pretrain": "stage 1: the representation", "objective": "stage 2: the objective",
           "device": "run"}                                            # the first field of each --help group
 PLUMBING = ("data_root", "settings", "device", "out", "checkpoint_seconds", "quiet")  # the data: by its identity
-LATER = ("calibration", "geom_flip", "geom_all_copies", "width")  # added after runs were saved: in a key only
-#                                                                    when set, so those runs resolve
+# Fields added after runs were saved, with the value those runs ran with: in a key only when set to another
+# value, so that those runs resolve
+LATER = {"calibration": 0.0, "geom_flip": False, "geom_all_copies": False, "width": 1, "geom_precise_bn": False}
 
 
 def has_stage1(cfg):
@@ -276,7 +283,8 @@ def used_names(cfg, stage1_only=False):
     """The fields this run uses; stage1_only: those that make its representation."""
     names = ["dataset", "normal_class", "pollution_rate", "calibration", "scaling", "seed"]
     if has_stage1(cfg):
-        names += STAGE1 + REPRESENTATIONS[cfg.pretrain].uses
+        rep = REPRESENTATIONS[cfg.pretrain]
+        names += STAGE1 + rep.uses + (() if stage1_only else rep.after)
     if not stage1_only:
         names += OBJECTIVES[cfg.objective].uses + ("objective", "nu" if uses_nu(cfg) else "flag_rate")
     return names
@@ -287,12 +295,12 @@ def used_settings(cfg, stage1_only=False):
     field of LATER only when set, so that what was saved before it existed keeps its key."""
     names = used_names(cfg, stage1_only)
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
-            if f.name in names and not (f.name in LATER and getattr(cfg, f.name) == f.default)}
+            if f.name in names and not (f.name in LATER and getattr(cfg, f.name) == LATER[f.name])}
 
 
 def later_defaults():
-    """{field: default} of LATER: what a run folder saved before such a field existed ran with."""
-    return {f.name: f.default for f in dataclasses.fields(Config) if f.name in LATER}
+    """{field: value} of LATER: what a run folder saved before such a field existed ran with."""
+    return dict(LATER)
 
 
 def method_name(cfg):

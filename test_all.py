@@ -1994,6 +1994,8 @@ def test_run_geom_cache_keyed_on_every_setting_of_transformation_prediction(tmp_
     rot = ["--geom-transforms", "rot"]
     later = [["--geom-flip"], ["--geom-all-copies"], ["--calibration", "0.1"], ["--width", "2"]]
     assert len({path(*rot), *(path(*rot, *flags) for flags in later)}) == len(later) + 1
+    run_key = lambda *flags: settings.used_settings(settings.parse_config(["--pretrain", "geom", *flags]))
+    assert path("--geom-precise-bn") == path() and run_key("--geom-precise-bn") != run_key()  # on the cached network
 
 
 def test_run_ocnn_defaults_and_the_plain_objective_one_flag_away():
@@ -2021,12 +2023,13 @@ def test_run_settings_presets_fill_only_unset_fields():
 def test_run_geom_defaults_are_the_measured_settings():
     # property: transformation prediction takes, per network and under either --settings, the settings its results
     # were measured with (MNIST: the 72, no learned BatchNorm shift; CIFAR-10: rotations, 60 epochs, weight decay
-    # 5e-4, batches of 64), an explicit flag wins, and the autoencoder's runs keep batches of 200
-    keys = ("geom_transforms", "geom_epochs", "geom_weight_decay", "bn_affine", "batch_size")
+    # 5e-4, batches of 64, precise BN), an explicit flag wins, and the autoencoder's runs keep batches of 200
+    keys = ("geom_transforms", "geom_epochs", "geom_weight_decay", "bn_affine", "batch_size", "geom_precise_bn")
     get = lambda argv: tuple(getattr(settings.parse_config(["--pretrain", "geom", *argv]), k) for k in keys)
-    assert get([]) == get(["--settings", "port"]) == ("geom", 25, 1e-6, False, 200)
-    assert get(["--dataset", "cifar10"]) == ("rot", 60, 5e-4, False, 64)
-    assert get(["--dataset", "cifar10", "--batch-size", "200", "--bn-affine"]) == ("rot", 60, 5e-4, True, 200)
+    assert get([]) == get(["--settings", "port"]) == ("geom", 25, 1e-6, False, 200, False)
+    assert get(["--dataset", "cifar10"]) == ("rot", 60, 5e-4, False, 64, True)
+    assert get(["--dataset", "cifar10", "--batch-size", "200", "--bn-affine", "--no-geom-precise-bn"]) == \
+        ("rot", 60, 5e-4, True, 200, False)
     assert settings.parse_config(["--dataset", "cifar10"]).batch_size == 200
 
 
@@ -2103,6 +2106,7 @@ def test_run_bare_milestones_mean_a_constant_lr():
     (["--objective", "svdd", "--svdd-warmup", "500"], ["--svdd-warmup"]),
     (["--rcae-iters", "3"], ["--rcae-iters"]),
     (["--geom-flip", "--width", "1", "--calibration", "0"], ["--geom-flip"]),   # width, calibration: every run's
+    (["--geom-precise-bn"], ["--geom-precise-bn"]),
 ])
 def test_run_flags_that_do_nothing_are_warned_about_in_one_line_each(argv, flags, capsys):
     # property: a flag the chosen objective or representation does not use gets one warning line
@@ -2122,6 +2126,18 @@ def test_run_passes_each_transformation_prediction_flag_to_its_training(tiny_roo
     scores = [_scores_csv(next((tmp_path / out).glob("*-mnist-0-*")))[1] for out, extra in (("a", []), ("b", [flag]))
               if run.main(args + ["--out", str(tmp_path / out)] + extra)]
     assert not np.allclose(*scores)
+
+
+def test_run_precise_bn_rescores_the_cached_network(tiny_root, tmp_path, capsys):
+    # property: --geom-precise-bn reaches the trained network without training it again: the second run reads
+    # the first one's cache and scores otherwise
+    args = ["--data-root", tiny_root, "--out", str(tmp_path), "--pretrain", "geom", "--geom-transforms", "rot",
+            "--geom-epochs", "1", "--objective", "own", "--batch-size", "16", "--quiet"]
+    run.main(args)
+    run.main(args + ["--geom-precise-bn"])
+    assert "reusing the trained representation" in capsys.readouterr().out
+    scores = [_scores_csv(d)[1] for d in sorted(tmp_path.glob("*-mnist-0-*"))]
+    assert len(scores) == 2 and not np.allclose(*scores)
 
 
 def test_run_banner_shows_nu_only_where_it_is_used(tiny_root, tmp_path, capsys):
@@ -2619,6 +2635,25 @@ def test_geom_resumed_training_equals_uninterrupted(tmp_path):
     assert len(history) == 2
     for (name, p), q in zip(a.state_dict().items(), c.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+def test_geom_precise_bn_sets_each_statistic_to_the_average_over_the_pass():
+    # property: precise BN drops the stale running statistics: with one batch they become that batch's mean and
+    # (unbiased) variance of the first BatchNorm's input, the training batch drawn as in training; the momentum
+    # is given back
+    torch.manual_seed(0)
+    model = geom.build_geom("mnist", "rot")
+    bn = model.encoder.bn1
+    bn.running_mean.fill_(5.0), bn.running_var.fill_(100.0)
+    x = torch.rand(24, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    geom.precise_bn(model, x, "rot", batch_size=24, seed=7)
+    g = torch.Generator().manual_seed(7)
+    idx = torch.randperm(24, generator=g)
+    images = geom.transform_each(x[idx], torch.randint(4, (24,), generator=g), "rot")
+    h = model.encoder.conv1(images)                             # (24, C, H, W) the input of bn1
+    assert torch.allclose(bn.running_mean, h.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(bn.running_var, h.transpose(0, 1).flatten(1).var(1), rtol=1e-4)
+    assert bn.momentum == 0.1 and not model.training
 
 
 def test_geom_own_score_is_higher_for_another_digit():
