@@ -144,6 +144,12 @@ def transform_each(x, labels, name):
     return out
 
 
+def transform_random(x, name, generator):
+    """Each image under one transformation drawn at random: T_{k_i}(x_i) (B, C, H, W) and the k_i (B,)."""
+    labels = torch.randint(len(TRANSFORMS[name]), (len(x),), generator=generator).to(x.device)   # (B,) k_i
+    return transform_each(x, labels, name), labels
+
+
 # ---------------------------------------------------------------------------------------------------
 # The network
 # ---------------------------------------------------------------------------------------------------
@@ -190,15 +196,14 @@ def train_epoch(model, x, transforms, optimizer, generator, batch_size, all_copi
     """One pass over x: per mini-batch, one random T_k per image (or all K copies), after a random left-right
     flip of each image with flip=True (an augmentation, not a label); returns the mean loss."""
     model.train()
-    K, total, count = len(TRANSFORMS[transforms]), 0.0, 0
+    total, count = 0.0, 0
     for idx in training.batches(len(x), batch_size, generator):
         idx = idx.to(x.device)
         xb = random_flip(x[idx], generator) if flip else x[idx]            # (B, C, H, W)
         if all_copies:
             images, labels = transform_batch(xb, transforms)                # (K*B, C, H, W), (K*B,)
         else:
-            labels = torch.randint(K, (len(idx),), generator=generator).to(x.device)   # (B,) k_i drawn
-            images = transform_each(xb, labels, transforms)                 # (B, C, H, W) T_{k_i}(x_i)
+            images, labels = transform_random(xb, transforms, generator)    # (B, C, H, W) T_{k_i}(x_i), (B,)
         loss = geom_loss(model(images), labels)                             # logits: (B, K)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -240,10 +245,9 @@ def precise_bn(model, x, transforms, batch_size=200, seed=0):
         m.reset_running_stats()
         m.momentum = None                                               # None: the cumulative average
     model.train()
-    generator, K = torch.Generator().manual_seed(seed), len(TRANSFORMS[transforms])
+    generator = torch.Generator().manual_seed(seed)
     for idx in training.batches(len(x), batch_size, generator):
-        labels = torch.randint(K, (len(idx),), generator=generator).to(x.device)   # (B,) k_i drawn
-        model(transform_each(x[idx.to(x.device)], labels, transforms))  # updates the statistics only
+        model(transform_random(x[idx.to(x.device)], transforms, generator)[0])   # updates the statistics only
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.eval()
