@@ -14,6 +14,8 @@ Equations implemented here
                       minimised here in expectation: each step draws one k_i per image,
                       L_B = 1/B sum_i -log p(k_i | T_{k_i}(x_i)), k_i uniform (all_copies: L itself)
     score:            s(x) = -sum_k log p(k | T_k(x))            higher = more anomalous
+    precise BN:       each BatchNorm's (mu, sigma^2) = 1/m sum_j (mu_j, sigma_j^2) over the m batches of one
+                      pass of the trained network (precise_bn), not the moving average of the last steps
 
   s(x) is the simplified normality score of GEOM's Sec. 4 (the log-likelihood of the right transformation
   summed over the K copies), negated to read higher = more anomalous; Hendrycks et al. score the same sum of
