@@ -67,8 +67,9 @@ Deviations from the papers
     GEOM: Keras' Adam (lr 1e-3, no schedule), batches of 128. The number of image-passes is the caller's.
   * The test images are scored with BatchNorm's running statistics (eval mode), as every model here; with
     precise_bn (--geom-precise-bn, on for CIFAR-10) those are recomputed for the final network once it is
-    trained (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021, arXiv 2105.07576): GEOM's constant lr
-    leaves the moving averages of the last steps behind a network that still moves (results/README.md 9.4).
+    trained (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021, arXiv 2105.07576): under GEOM's constant
+    lr the moving averages of the last steps are noisy and lag a network that still moves (results/README.md
+    9.4).
 
 File order: the transformations, the network, the loss, training (and precise BN), scoring.
 
@@ -236,11 +237,12 @@ def train_geom(model, x, *, transforms, epochs, lr, weight_decay, milestones, ba
 
 
 @torch.no_grad()
-def precise_bn(model, x, transforms, batch_size=200, seed=0):
+def precise_bn(model, x, transforms, batch_size=200, seed=0, flip=False):
     """BatchNorm's running statistics recomputed for the trained network (precise BN): the plain average over
-    one pass of x in training's batches, each image under one random transformation, in place of the moving
-    average (momentum 0.1) of the last steps' batches. Under a constant lr the network still moves at its last
-    steps, so that moving average describes networks a few steps old, not the one that scores."""
+    one pass of x in training's batches, each image under one random transformation (after a random flip with
+    flip=True, as training saw it), in place of the moving average (momentum 0.1) of the last steps' batches.
+    That average is short (about 20 batches) and, under a constant lr, of networks a few steps old: the
+    network that scores is normalised with statistics that are noisy and not its own."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
     for m in norms:
@@ -249,7 +251,8 @@ def precise_bn(model, x, transforms, batch_size=200, seed=0):
     model.train()
     generator = torch.Generator().manual_seed(seed)
     for idx in training.batches(len(x), batch_size, generator):
-        model(transform_random(x[idx.to(x.device)], transforms, generator)[0])   # updates the statistics only
+        xb = random_flip(x[idx.to(x.device)], generator) if flip else x[idx.to(x.device)]
+        model(transform_random(xb, transforms, generator)[0])          # updates the statistics only
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.eval()

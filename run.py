@@ -175,7 +175,7 @@ def stage1(cfg, d, network, device, data_id, clock):
                               settings.used_settings(cfg, stage1_only=True), data_id)
     saved = folders.cached(path, model, train)
     if cfg.pretrain == "geom" and cfg.geom_precise_bn:                # the cache holds the network as trained
-        geom.precise_bn(model, d.x_train, cfg.geom_transforms, cfg.batch_size, cfg.seed)
+        geom.precise_bn(model, d.x_train, cfg.geom_transforms, cfg.batch_size, cfg.seed, cfg.geom_flip)
     return model, saved["history"], saved["extra"]
 
 

@@ -1996,6 +1996,7 @@ def test_run_geom_cache_keyed_on_every_setting_of_transformation_prediction(tmp_
     assert len({path(*rot), *(path(*rot, *flags) for flags in later)}) == len(later) + 1
     run_key = lambda *flags: settings.used_settings(settings.parse_config(["--pretrain", "geom", *flags]))
     assert path("--geom-precise-bn") == path() and run_key("--geom-precise-bn") != run_key()  # on the cached network
+    assert "geom_precise_bn" not in run_key("--dataset", "cifar10", "--no-geom-precise-bn")  # the runs saved before it
 
 
 def test_run_ocnn_defaults_and_the_plain_objective_one_flag_away():
@@ -2031,6 +2032,7 @@ def test_run_geom_defaults_are_the_measured_settings():
     assert get(["--dataset", "cifar10", "--batch-size", "200", "--bn-affine", "--no-geom-precise-bn"]) == \
         ("rot", 60, 5e-4, True, 200, False)
     assert settings.parse_config(["--dataset", "cifar10"]).batch_size == 200
+    assert settings.parse_config(["--dataset", "cifar10"]).geom_precise_bn is False  # as saved runs: they resume
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -2638,21 +2640,21 @@ def test_geom_resumed_training_equals_uninterrupted(tmp_path):
 
 
 def test_geom_precise_bn_sets_each_statistic_to_the_average_over_the_pass():
-    # property: precise BN drops the stale running statistics: with one batch they become that batch's mean and
-    # (unbiased) variance of the first BatchNorm's input, the training batch drawn as in training; the momentum
-    # is given back
+    # property: precise BN drops the stale running statistics for the plain average, over the pass's batches
+    # (drawn as in training), of the first BatchNorm's batch mean and (unbiased) variance; the momentum is
+    # given back
     torch.manual_seed(0)
     model = geom.build_geom("mnist", "rot")
     bn = model.encoder.bn1
     bn.running_mean.fill_(5.0), bn.running_var.fill_(100.0)
     x = torch.rand(24, 1, 28, 28, generator=torch.Generator().manual_seed(3))
-    geom.precise_bn(model, x, "rot", batch_size=24, seed=7)
-    g = torch.Generator().manual_seed(7)
-    idx = torch.randperm(24, generator=g)
-    images = geom.transform_each(x[idx], torch.randint(4, (24,), generator=g), "rot")
-    h = model.encoder.conv1(images)                             # (24, C, H, W) the input of bn1
-    assert torch.allclose(bn.running_mean, h.mean((0, 2, 3)), atol=1e-5)
-    assert torch.allclose(bn.running_var, h.transpose(0, 1).flatten(1).var(1), rtol=1e-4)
+    geom.precise_bn(model, x, "rot", batch_size=12, seed=7)
+    g, means, variances = torch.Generator().manual_seed(7), [], []
+    for idx in training.batches(24, 12, g):
+        h = model.encoder.conv1(geom.transform_random(x[idx], "rot", g)[0])    # (12, C, H, W) bn1's input
+        means.append(h.mean((0, 2, 3))), variances.append(h.transpose(0, 1).flatten(1).var(1))
+    assert torch.allclose(bn.running_mean, (means[0] + means[1]) / 2, atol=1e-5)
+    assert torch.allclose(bn.running_var, (variances[0] + variances[1]) / 2, rtol=1e-4)
     assert bn.momentum == 0.1 and not model.training
 
 
