@@ -35,7 +35,7 @@ REPRESENTATIONS = ["ae", "rcae", "geom"]
 OBJECTIVES = {"own": [], "kde": ["--features", "codes"], "svdd": ["--svdd-epochs", "10"],
               "soft-svdd": ["--svdd-epochs", "10", "--svdd-warmup", "2"], "ocsvm": ["--features", "codes"],
               "iforest": ["--features", "codes"], "ocnn-joint": ["--ocnn-epochs", "50", "--ocnn-lr-drop", "20"]}
-SEEDS = {"mnist": 3, "cifar10": 1}  # the matrix's seeds: MNIST 0-2, CIFAR-10 0 (its own score's seed 1: README 9.4)
+SEEDS = {"mnist": 3, "cifar10": 1}  # the matrix's seeds, at most: MNIST 0-2, CIFAR-10 0 (its seed 1: README 9.4)
 SETS = {"rot": "(4 rotations)", "rot-flip": "(4 rotations x 2 flips)", "geom": "(GEOM's 72)"}
 NAMES = {"own": "own score", "kde": "KDE on codes", "svdd": "one-class Deep SVDD", "soft-svdd": "soft-boundary Deep SVDD",
          "ocsvm": "OC-SVM on codes", "iforest": "IF on codes", "ocnn-joint": "OC-NN joint"}
