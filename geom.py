@@ -195,18 +195,19 @@ def random_flip(x, generator):
     return torch.where(flipped[:, None, None, None], torch.flip(x, dims=(-1,)), x)
 
 
+def training_batch(xb, transforms, generator, all_copies=False, flip=False):
+    """A batch as training shows it: each image flipped left-right at random with flip=True (an augmentation,
+    not a label), then under one random T_k (or in all K copies). Returns images (B or K*B, C, H, W), labels."""
+    xb = random_flip(xb, generator) if flip else xb                     # (B, C, H, W)
+    return transform_batch(xb, transforms) if all_copies else transform_random(xb, transforms, generator)
+
+
 def train_epoch(model, x, transforms, optimizer, generator, batch_size, all_copies=False, flip=False):
-    """One pass over x: per mini-batch, one random T_k per image (or all K copies), after a random left-right
-    flip of each image with flip=True (an augmentation, not a label); returns the mean loss."""
+    """One pass over x in mini-batches made by training_batch; returns the mean loss."""
     model.train()
     total, count = 0.0, 0
     for idx in training.batches(len(x), batch_size, generator):
-        idx = idx.to(x.device)
-        xb = random_flip(x[idx], generator) if flip else x[idx]            # (B, C, H, W)
-        if all_copies:
-            images, labels = transform_batch(xb, transforms)                # (K*B, C, H, W), (K*B,)
-        else:
-            images, labels = transform_random(xb, transforms, generator)    # (B, C, H, W) T_{k_i}(x_i), (B,)
+        images, labels = training_batch(x[idx.to(x.device)], transforms, generator, all_copies, flip)
         loss = geom_loss(model(images), labels)                             # logits: (B, K)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -251,8 +252,7 @@ def precise_bn(model, x, transforms, batch_size=200, seed=0, flip=False):
     model.train()
     generator = torch.Generator().manual_seed(seed)
     for idx in training.batches(len(x), batch_size, generator):
-        xb = random_flip(x[idx.to(x.device)], generator) if flip else x[idx.to(x.device)]
-        model(transform_random(xb, transforms, generator)[0])          # updates the statistics only
+        model(training_batch(x[idx.to(x.device)], transforms, generator, flip=flip)[0])  # the statistics only
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.eval()
