@@ -62,6 +62,9 @@ Deviations from the papers
   * flip=True (--geom-flip, off by default) adds Hendrycks et al.'s augmentation to the set "rot": each
     training image flipped left-right at random before its rotation, not a label to predict.
   * MNIST (28 x 28) keeps GEOM's +-8 px shifts (a shift needs |d| <= H, W).
+  * The images come preprocessed as for every stage here (data.py: Deep SVDD's global contrast normalisation
+    and min-max scaling), so every objective reads the same inputs; GEOM's code scales the raw pixels to
+    [-1, 1] (2 x / 255 - 1).
   * Adam with the milestone schedule of every stage here (training.adam_with_milestones), batches of 200
     (run.py's CIFAR-10 default here: 64, with weight decay 5e-4, measured better in results/README.md 9.2);
     GEOM: Keras' Adam (lr 1e-3, no schedule), batches of 128. The number of image-passes is the caller's.

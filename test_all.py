@@ -1997,6 +1997,8 @@ def test_run_geom_cache_keyed_on_every_setting_of_transformation_prediction(tmp_
     run_key = lambda *flags: settings.used_settings(settings.parse_config(["--pretrain", "geom", *flags]))
     assert path("--geom-precise-bn") == path() and run_key("--geom-precise-bn") != run_key()  # on the cached network
     assert "geom_precise_bn" not in run_key("--dataset", "cifar10", "--no-geom-precise-bn")  # the runs saved before it
+    tested = {flags[0][2:].replace("-", "_") for flags in changed + later + [["--geom-precise-bn"]]}
+    assert {f.name for f in dataclasses.fields(settings.Config) if f.name.startswith("geom_")} <= tested  # a new one too
 
 
 def test_run_ocnn_defaults_and_the_plain_objective_one_flag_away():
@@ -2128,6 +2130,16 @@ def test_run_passes_each_transformation_prediction_flag_to_its_training(tiny_roo
     scores = [_scores_csv(next((tmp_path / out).glob("*-mnist-0-*")))[1] for out, extra in (("a", []), ("b", [flag]))
               if run.main(args + ["--out", str(tmp_path / out)] + extra)]
     assert not np.allclose(*scores)
+
+
+@pytest.mark.parametrize("objective", ["svdd", "soft-svdd", "ocnn", "ocnn-joint", "kde", "ocsvm", "iforest"])
+def test_run_every_objective_runs_on_transformation_prediction(tiny_root, tmp_path, objective):
+    # property: each objective starts from the trained predictor's encoder (or reads its codes) and finishes
+    codes = ["--features", "codes"] if objective in ("kde", "ocsvm", "iforest") else []
+    run.main(["--data-root", tiny_root, "--out", str(tmp_path)] + FAST + ["--pretrain", "geom", "--geom-transforms",
+             "rot", "--geom-epochs", "1", "--objective", objective, *codes])
+    (run_dir,) = tmp_path.glob(f"*-mnist-0-geom+{objective}")
+    assert 0 <= json.loads((run_dir / "metrics.json").read_text())["auroc"] <= 1
 
 
 def test_run_precise_bn_rescores_the_cached_network(tiny_root, tmp_path, capsys):
@@ -2430,10 +2442,15 @@ def test_run_warns_when_the_threshold_flags_far_more_unseen_images_than_asked():
     assert not run.optimistic(0.3, 0.1, 10) and not run.optimistic(0.5, 0.1, 0)
 
 
-def test_score_py_gives_the_runs_own_scores_to_its_test_images(tiny_root, tmp_path):
+@pytest.mark.parametrize("method", [["--objective", "ocnn"],
+                                    ["--pretrain", "geom", "--geom-transforms", "rot", "--geom-epochs", "1"],
+                                    ["--pretrain", "geom", "--geom-transforms", "rot", "--geom-epochs", "1",
+                                     "--geom-precise-bn", "--objective", "svdd"]])
+def test_score_py_gives_the_runs_own_scores_to_its_test_images(tiny_root, tmp_path, method):
     # property: the test images saved as PNG and scored by score.py with the run folder get the scores and
-    # flags of their rows in the run's scores.csv (same model, preprocessing constants and threshold)
-    run.main(["--data-root", tiny_root, "--out", str(tmp_path / "runs"), "--objective", "ocnn"] + FAST)
+    # flags of their rows in the run's scores.csv (same model, preprocessing constants and threshold), for an
+    # autoencoder's run and for transformation prediction's own score and codes
+    run.main(["--data-root", tiny_root, "--out", str(tmp_path / "runs")] + FAST + method)
     (run_dir,) = (tmp_path / "runs").glob("*-mnist-0-*")
     x, _ = data.load_mnist(tiny_root, False)
     for i in range(12):
@@ -2659,7 +2676,8 @@ def test_geom_precise_bn_sets_each_statistic_to_the_average_over_the_pass():
 
 
 def test_geom_own_score_is_higher_for_another_digit():
-    # property: trained on upright 7s, the score is higher on 0s (nearly half-turn symmetric) than on held-out 7s
+    # property: trained on upright 7s, the score is higher on 0s (nearly half-turn symmetric) than on the 7s it
+    # trained on and on held-out 7s
     if not os.path.isdir(os.path.join(HERE, "data", "mnist")):
         pytest.skip("MNIST not found under data/mnist")
     x, y = data.load_mnist(os.path.join(HERE, "data"), False)
@@ -2669,9 +2687,9 @@ def test_geom_own_score_is_higher_for_another_digit():
     model = geom.build_geom("mnist", "rot")
     geom.train_geom(model, sevens[:300], transforms="rot", epochs=4, lr=1e-3, weight_decay=1e-6, milestones=(),
                     batch_size=50, verbose=False)
-    s_normal = geom.geom_scores(model, sevens[300:500], "rot")
+    s_trained, s_normal = geom.geom_scores(model, sevens[:300], "rot"), geom.geom_scores(model, sevens[300:500], "rot")
     s_other = geom.geom_scores(model, zeros[:200], "rot")
-    assert s_other.mean() > s_normal.mean()
+    assert s_other.mean() > s_normal.mean() and s_other.mean() > s_trained.mean()
 
 
 # ---------------------------------------------------------------------------------------------------
