@@ -9,7 +9,9 @@ For each stage: seconds per epoch (median of --reps epochs after --warmup epochs
 and the fraction of this machine's float32 matmul throughput (measured in the same run) that the stage's
 arithmetic reaches. The arithmetic of a stage is counted with torch.utils.flop_counter.FlopCounterMode
 (convolutions and matrix products, forward and backward), not estimated by hand.
-After each table: the size and time of one checkpoint of the autoencoder stage (`checkpoint_cost`).
+Transformation prediction runs at run.py's defaults for the data set (its transformations, weight decay, batch
+size, precise BN where on). After each table: a class's seconds, the autoencoder at the matrix's 10 epochs
+against transformation prediction's default epochs (`per_class`), and one checkpoint of the autoencoder stage.
 Do not run it beside another torch process: two processes' threads compete and the figures mean nothing.
 """
 import argparse
@@ -27,6 +29,7 @@ import fast_ops
 import geom
 import ocnn
 import rcae
+import settings
 import svdd
 import training
 
@@ -130,15 +133,31 @@ def bench(dataset, normal_class, device, reps, warmup, batch_size):
     _, _, hist = ocnn.train_ocnn(ae.encoder_copy(model), x, joint=True, epochs=epochs, **quiet)
     rows.append(("OC-NN epoch (joint)", epoch_seconds(hist, warmup), n,
                  step_phi * n_batches + fwd_phi * n / len(x_test)))
-    torch.manual_seed(0)                                  # transformation prediction: one of GEOM's 72 an image
-    net = geom.build_geom(dataset, "geom").to(device)
-    hist = geom.train_geom(net, x, transforms="geom", epochs=epochs, lr=1e-3, weight_decay=1e-6, milestones=[],
-                           **quiet)
-    rows.append(("geom epoch (72 transformations)", epoch_seconds(hist, warmup), n, float("nan")))
-    x_few = x_test[:1000]                                 # its score runs the network 72 times an image
-    rows.append(("geom scoring 1000 test images", timed(lambda: geom.geom_scores(net, x_few, "geom"), device, 1, 0),
-                 len(x_few), float("nan")))
-    return rows
+    cfg = settings.parse_config(["--dataset", dataset, "--pretrain", "geom"])   # run.py's defaults for this data
+    t = cfg.geom_transforms                               # set: transformations, weight decay, batch size
+    torch.manual_seed(0)
+    net = geom.build_geom(dataset, t).to(device)
+    hist = geom.train_geom(net, x, transforms=t, epochs=epochs, lr=cfg.geom_lr, weight_decay=cfg.geom_weight_decay,
+                           milestones=[], batch_size=cfg.batch_size, verbose=False)
+    rows.append((f"geom epoch ({t}, batch {cfg.batch_size})", epoch_seconds(hist, warmup), n, float("nan")))
+    if cfg.geom_precise_bn:
+        rows.append(("geom precise BN (one pass)", timed(lambda: geom.precise_bn(net, x, t, cfg.batch_size), device,
+                                                        1, 0), n, float("nan")))
+    x_few = x_test[:1000]                                 # its score runs the network K times an image
+    rows.append((f"geom scoring ({len(geom.TRANSFORMS[t])} passes an image)",
+                 timed(lambda: geom.geom_scores(net, x_few, t), device, 1, 0), len(x_few), float("nan")))
+    return rows, cfg.geom_epochs, n + len(x_test)
+
+
+def per_class(rows, geom_epochs, images, ae_epochs=10):
+    """Seconds a class, from the rows: the autoencoder at the matrix's budget against transformation prediction
+    at run.py's default, each with the scoring of the training and test images (the threshold and the AUROC)."""
+    t = {name.split(" (")[0]: (seconds, n) for name, seconds, n, _ in rows}
+    scoring = lambda name: images * t[name][0] / t[name][1]            # seconds to score the class's images
+    ae_s = ae_epochs * t["AE training epoch"][0] + scoring("AE scoring the test set")
+    geom_s = geom_epochs * t["geom epoch"][0] + t.get("geom precise BN", (0, 1))[0] + scoring("geom scoring")
+    return (f"a class, training and scoring its {images} images: autoencoder {ae_epochs} epochs {ae_s:.0f} s, "
+            f"transformation prediction {geom_epochs} epochs {geom_s:.0f} s ({geom_s / ae_s:.1f}x)")
 
 
 def checkpoint_cost(dataset, device, reps):
@@ -228,7 +247,7 @@ def main(argv=None):
             if args.widths:
                 widths(dataset, device, args.reps, args.warmup, args.batch_size, args.widths)
                 continue
-            rows = bench(dataset, 0, device, args.reps, args.warmup, args.batch_size)
+            rows, geom_epochs, class_images = bench(dataset, 0, device, args.reps, args.warmup, args.batch_size)
         except data.MissingData as e:
             print(f"\n{dataset}: skipped ({e})")
             continue
@@ -238,6 +257,7 @@ def main(argv=None):
         for name, seconds, images, flop in rows:
             share = f"{100 * flop / seconds / peak:13.1f} %" if flop == flop else f"{'-':>15s}"
             print(f"{name:34s} {seconds:8.3f} {images / seconds:10.0f} {flop / 1e9:7.2f} {share}")
+        print(per_class(rows, geom_epochs, class_images))
         seconds, size = checkpoint_cost(dataset, device, args.reps)
         print(f"checkpoint of the AE stage: {size / 2 ** 20:.2f} MiB in {1000 * seconds:.1f} ms, "
               f"{100 * seconds / rows[0][1]:.2f} % of an AE epoch if saved after every epoch")
