@@ -15,8 +15,8 @@ their defaults.
 
 `table` reads the run folders under runs/matrix-<dataset>/ and writes results/<dataset>-matrix-runs.csv (one
 row per finished run), results/<dataset>-matrix.csv (per cell: the mean over the ten classes of the AUROC
-averaged over seeds 0..m-1, the most seeds that some cell has finished, up to SEEDS; a cell that has not
-finished them all shows its count of runs) and results/<dataset>-matrix.png.
+averaged over seeds 0..m-1, per row the most seeds, up to SEEDS, that every cell of the row with seed 0
+finished has; a cell without seed 0 finished shows its count of runs) and results/<dataset>-matrix.png.
 """
 import csv
 import json
@@ -58,6 +58,12 @@ def argv(dataset, rep, seeds, objective):
     return flags + ["--ae-epochs", "10"] + (["--ae-milestones", "8"] if dataset == "cifar10" else [])
 
 
+def named(seeds):
+    """[0] -> 'seed 0', [0, 1, 2] -> 'seeds 0-2'."""
+    return f"seed{'s' if len(seeds) > 1 else ''} {seeds[0]}{f'-{seeds[-1]}' if len(seeds) > 1 else ''}" if seeds \
+        else "running"
+
+
 def runs(dataset, rep, objective, seeds=(0, 1, 2)):
     """{(class, seed): its metrics.json} of the finished runs of one cell."""
     cfg, classes, seeds, _ = sweep.parse(argv(dataset, rep, seeds, objective))
@@ -91,12 +97,14 @@ def hybrid(dataset, objective):
 def table(dataset):
     """The matrix of one data set: CSVs and heatmap; returns {(rep, objective): mean AUROC or None}."""
     cells = {(r, o): runs(dataset, r, o) for r in REPRESENTATIONS for o in OBJECTIVES}
-    started = [c for c in cells.values() if c]
-    if not started and not hybrid(dataset, "own"):
+    if not any(cells.values()) and not hybrid(dataset, "own"):
         return {}
-    complete = lambda c, s: all((k, s) in c for k in range(10))
-    seeds = next((list(range(m)) for m in range(SEEDS[dataset], 0, -1)
-                  if any(all(complete(c, s) for s in range(m)) for c in started)), [])  # the most a cell has finished
+    finished = lambda c, m: all((k, s) in c for k in range(10) for s in range(m))   # seeds 0..m-1, every class
+    seeds = {}                         # per row: the most seeds that every cell of the row with one seed done has
+    for r in REPRESENTATIONS:
+        done = [cells[r, o] for o in OBJECTIVES if finished(cells[r, o], 1)]
+        seeds[r] = list(range(max((m for m in range(1, SEEDS[dataset] + 1) if all(finished(c, m) for c in done)),
+                                  default=0) if done else 0))
     with open(os.path.join(ROOT, "results", f"{dataset}-matrix-runs.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["dataset", "representation", "objective", "normal_class", "seed", "auroc",
@@ -105,11 +113,10 @@ def table(dataset):
                     for (r, o), c in cells.items() for (k, s), m in sorted(c.items()))
     means, flagged, source = {}, {}, {}
     for (r, o), c in cells.items():
-        finished = seeds and all(complete(c, s) for s in seeds)       # else the cell shows its progress
-        per_class = [np.mean([100 * c[k, s]["auroc"] for s in seeds]) for k in range(10)] if finished else []
-        flagged[r, o] = np.mean([100 * c[k, s]["normal_test_flagged"] for k in range(10) for s in seeds]) \
-            if finished else None
-        source[r, o] = f"runs, seeds {' '.join(map(str, seeds))}" if per_class else ""
+        runs_used = [(k, s) for k in range(10) for s in seeds[r]] if finished(c, 1) else []  # else: its progress
+        per_class = [np.mean([100 * c[k, s]["auroc"] for s in seeds[r]]) for k in range(10)] if runs_used else []
+        flagged[r, o] = np.mean([100 * c[run]["normal_test_flagged"] for run in runs_used]) if runs_used else None
+        source[r, o] = f"runs, {named(seeds[r])}" if per_class else ""
         if not per_class and r == "ae" and len(hybrid(dataset, o)) == 10:
             per_class = list(hybrid(dataset, o).values())
             source[r, o] = "section 4.1's run (results/README.md)" if (dataset, o) == ("cifar10", "ocnn-joint") \
@@ -127,8 +134,8 @@ def table(dataset):
 
 
 def plot(dataset, means, cells, seeds, source):
-    """A heatmap of the mean AUROC: rows = representation, columns = objective; a cell not finished shows how
-    many of its runs are."""
+    """A heatmap of the mean AUROC: rows = representation (labelled with their seeds), columns = objective; a
+    cell not finished shows how many of its runs are."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -142,15 +149,14 @@ def plot(dataset, means, cells, seeds, source):
             ax.text(j, i, text, ha="center", va="center", color="w" if dark else "k", fontsize=9)
     ax.set_xticks(range(len(OBJECTIVES)), [NAMES[o] for o in OBJECTIVES], rotation=20, ha="right")
     hybrid = any("hybrid" in source["ae", o] for o in OBJECTIVES)
-    ae_label = f"AE (7.1's runs,\n{'seeds 0-2' if dataset == 'mnist' else 'seed 0'})" if hybrid else "AE"
+    ae_label = f"AE (7.1's runs,\n{'seeds 0-2' if dataset == 'mnist' else 'seed 0'})" if hybrid else \
+        f"AE ({named(seeds['ae'])})"
     geom = sweep.parse(argv(dataset, "geom", [0], "own"))[0]
     geom_label = "transformation prediction\n" + SETS[geom.geom_transforms] + \
-        (", precise BN" if geom.geom_precise_bn else "")
-    ax.set_yticks(range(len(REPRESENTATIONS)), [ae_label, "RCAE", geom_label])
-    runs = f"seed{'s' if len(seeds) > 1 else ''} {' '.join(map(str, seeds))}" if seeds else "no cell finished"
-    ocnn = " (its OC-NN joint: 4.1's run)" if "4.1" in source["ae", "ocnn-joint"] else ""
-    ax.set_title(f"{dataset}: mean AUROC % over the ten classes; RCAE and transformation prediction {runs}; "
-                 f"AE as labelled{ocnn}", fontsize=9)
+        (", precise BN" if geom.geom_precise_bn else "") + f", {named(seeds['geom'])}"
+    ax.set_yticks(range(len(REPRESENTATIONS)), [ae_label, f"RCAE ({named(seeds['rcae'])})", geom_label])
+    ocnn = " (AE's OC-NN joint: 4.1's run)" if "4.1" in source["ae", "ocnn-joint"] else ""
+    ax.set_title(f"{dataset}: mean AUROC % over the ten classes, each row over the seeds it names{ocnn}", fontsize=9)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(os.path.join(ROOT, "results", f"{dataset}-matrix.png"), dpi=110)
