@@ -43,8 +43,8 @@ NAMES = {"own": "own score", "kde": "KDE on codes", "svdd": "one-class Deep SVDD
 
 # CIFAR-10's transformation prediction: the four rotations, trained longer with stronger weight decay and smaller
 # batches (results/README.md 9.2; the 72 at these settings tie on AUROC for 18x the scoring's forward passes,
-# 9.4), BatchNorm's statistics recomputed once trained (precise BN, 9.4). run.py's CIFAR-10 defaults since (settings.PORT, settings.GEOM); written out,
-# with --no-bn-affine, so the matrix's commands stay what was measured.
+# 9.4), BatchNorm's statistics recomputed once trained (precise BN, 9.4). run.py's CIFAR-10 defaults since
+# (settings.PORT, settings.GEOM); written out, with --no-bn-affine, so the matrix's commands stay what was measured.
 CIFAR10_GEOM = ["--geom-transforms", "rot", "--geom-epochs", "60", "--geom-weight-decay", "5e-4", "--batch-size", "64",
                 "--geom-precise-bn"]
 
